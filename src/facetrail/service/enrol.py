@@ -1,0 +1,198 @@
+"""Enrolment: reference images in, subjects with templates out.
+
+Inputs are expanded into (subject, image, reference) items first, so a bad folder or manifest
+is refused before anything is written. Then every item is analysed in the vision pipeline and
+stored in its own transaction: one bad image is skipped with its reason and the batch goes on,
+and a crash half-way leaves every earlier reference enrolled and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from facetrail.errors import InvalidInputError, NoFaceError
+from facetrail.media import IMAGE_SUFFIXES, LoadedImage, load_image
+from facetrail.service.results import EnrolItemResult, EnrolReport
+from facetrail.store import FaceRecord, ImageRecord, Store
+from facetrail.vision.compare import normalise
+from facetrail.vision.faces import Faces
+from facetrail.vision.pipeline import FaceAnalyzer
+
+# A second face at least this share of the main face's width makes the reference ambiguous;
+# smaller ones are people in the background and are ignored.
+COMPARABLE_FACE = 0.5
+MAX_NAME = 200
+
+
+@dataclass(frozen=True)
+class EnrolItem:
+    subject: str
+    path: Path
+    reference: str | None = None
+
+
+def _check_name(name: str, where: str) -> str:
+    name = name.strip()
+    if not name or len(name) > MAX_NAME or any(ord(c) < 32 for c in name):
+        raise InvalidInputError(f"{where}: subject name must be 1-{MAX_NAME} printable characters")
+    return name
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def expand_paths(paths: Iterable[Path], subject: str | None) -> list[EnrolItem]:
+    """Folders of sub-folders enrol one subject per sub-folder; anything else needs `subject`."""
+    items: list[EnrolItem] = []
+    for path in paths:
+        if not path.exists():
+            raise InvalidInputError(f"{path}: no such file or folder")
+        if path.is_dir() and subject is None:
+            folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if not folders:
+                raise InvalidInputError(
+                    f"{path}: has no sub-folders named after subjects; use --subject NAME "
+                    "to enrol its images as one subject"
+                )
+            for folder in folders:
+                name = _check_name(folder.name, str(folder))
+                items += [EnrolItem(name, p) for p in _images_in(folder)]
+        elif path.is_dir():
+            items += [EnrolItem(subject, p) for p in _images_in(path)]
+        elif subject is None:
+            raise InvalidInputError(f"{path}: a loose image needs --subject NAME")
+        else:
+            items.append(EnrolItem(subject, path))
+    return items
+
+
+def read_manifest(manifest: Path) -> list[EnrolItem]:
+    """CSV with columns subject, image and optionally reference; images relative to the CSV."""
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = set(reader.fieldnames or [])
+            if not {"subject", "image"} <= columns:
+                raise InvalidInputError(f"{manifest.name}: needs columns 'subject' and 'image'")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInputError(f"{manifest.name}: cannot read the manifest ({exc})") from exc
+    items = []
+    for line, row in enumerate(rows, start=2):
+        where = f"{manifest.name} line {line}"
+        name = _check_name(row.get("subject") or "", where)
+        image = (row.get("image") or "").strip()
+        if not image:
+            raise InvalidInputError(f"{where}: empty image path")
+        path = Path(image) if Path(image).is_absolute() else manifest.parent / image
+        reference = (row.get("reference") or "").strip() or None
+        items.append(EnrolItem(name, path, reference))
+    return items
+
+
+def reference_face(faces: Faces, min_quality: float) -> Faces:
+    """The one usable face of a reference image, or NoFaceError saying why there is none."""
+    if len(faces) == 0:
+        raise NoFaceError("no face found")
+    widths = faces.widths
+    main = int(np.argmax(widths))
+    if (widths >= COMPARABLE_FACE * widths[main]).sum() > 1:
+        raise NoFaceError(
+            f"{int((widths >= COMPARABLE_FACE * widths[main]).sum())} faces of similar size"
+        )
+    face = faces.select([main])
+    if face.quality[0] < min_quality:
+        raise NoFaceError(f"face quality {face.quality[0]:.2f} below the minimum {min_quality:.2f}")
+    return face
+
+
+def _png(chip: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(chip).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def reason_of(error: Exception) -> str:
+    """The error's reason without the file name it starts with (names are in `image`)."""
+    text = str(error)
+    head, sep, tail = text.partition(": ")
+    return tail if sep and "/" not in head and " " not in head.strip() else text
+
+
+def enrol(
+    store: Store,
+    analyzer: FaceAnalyzer,
+    items: list[EnrolItem],
+    *,
+    max_pixels: int,
+    max_bytes: int,
+    min_quality: float,
+    progress: Callable[[EnrolItemResult], None] | None = None,
+) -> EnrolReport:
+    report = EnrolReport(model=analyzer.model_id)
+
+    def prepare(item: EnrolItem) -> tuple[np.ndarray, LoadedImage]:
+        loaded = load_image(item.path, max_pixels=max_pixels, max_bytes=max_bytes)
+        return loaded.pixels, loaded
+
+    def select(faces: Faces, pixels: np.ndarray) -> Faces:
+        return reference_face(faces, min_quality)
+
+    for result in analyzer.stream(items, prepare, mode="primary", select=select):
+        item: EnrolItem = result.item
+        if result.error is not None:
+            outcome = EnrolItemResult(
+                item.subject, str(item.path), "skipped", reason_of(result.error)
+            )
+        else:
+            try:
+                outcome = _store_reference(
+                    store, analyzer.model_id, item, result.extra, result.faces
+                )
+            except (
+                InvalidInputError
+            ) as exc:  # e.g. a reference number that contradicts the subject's
+                outcome = EnrolItemResult(item.subject, str(item.path), "skipped", str(exc))
+        report.results.append(outcome)
+        if progress:
+            progress(outcome)
+    return report
+
+
+def _store_reference(
+    store: Store, model: str, item: EnrolItem, loaded: LoadedImage, face: Faces
+) -> EnrolItemResult:
+    image = ImageRecord(
+        sha256=loaded.sha256,
+        name=loaded.name,
+        format=loaded.format,
+        width=loaded.width,
+        height=loaded.height,
+        data=loaded.data,
+    )
+    record = FaceRecord(
+        box=tuple(float(v) for v in face.boxes[0]),
+        landmarks=[(float(x), float(y)) for x, y in face.landmarks[0]],
+        detector_score=float(face.scores[0]),
+        quality=float(face.quality[0]),
+        chip_png=_png(face.chips[0]) if face.chips is not None else None,
+        descriptor=normalise(face.descriptors[:1])[0],  # templates are unit vectors
+    )
+    added = store.add_reference(
+        subject=item.subject, reference=item.reference, image=image, faces=[record], model=model
+    )
+    status = "duplicate" if added.duplicate else "enrolled"
+    reason = "image already enrolled for this subject" if added.duplicate else None
+    return EnrolItemResult(item.subject, str(item.path), status, reason, round(record.quality, 4))

@@ -1,0 +1,106 @@
+"""What the use cases return: plain dataclasses that every front door renders (JSON, tables).
+
+Their `to_dict` forms are the JSON schemas documented in the README; change them together.
+Nothing here holds a descriptor or pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+def _round(x: float, digits: int = 4) -> float:
+    return float(round(float(x), digits))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    subject: str
+    score: float
+    fmr: float | None  # estimated false match rate at this score; None if uncalibrated
+    rank: int
+    above_threshold: bool
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    box: list[float]  # x1, y1, x2, y2 in the probe's pixels (after EXIF rotation)
+    quality: float
+    detector_score: float
+    candidates: list[Candidate] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    probe: str
+    sha256: str | None
+    width: int | None
+    height: int | None
+    faces: list[FaceResult] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchReport:
+    model: str
+    threshold: float
+    target_fmr: float | None
+    top_k: int
+    gallery_subjects: int
+    gallery_templates: int
+    probes: list[ProbeResult]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    model: str
+    a: ProbeResult
+    b: ProbeResult
+    score: float
+    threshold: float
+    match: bool
+    fmr: float | None
+    meaning: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EnrolItemResult:
+    subject: str
+    image: str
+    status: str  # "enrolled", "duplicate" or "skipped"
+    reason: str | None = None
+    quality: float | None = None
+
+
+@dataclass
+class EnrolReport:
+    model: str
+    results: list[EnrolItemResult] = field(default_factory=list)
+
+    @property
+    def enrolled(self) -> int:
+        return sum(r.status == "enrolled" for r in self.results)
+
+    @property
+    def skipped(self) -> list[EnrolItemResult]:
+        return [r for r in self.results if r.status == "skipped"]
+
+    def to_dict(self) -> dict:
+        reasons: dict[str, int] = {}
+        for r in self.skipped:
+            reasons[r.reason or "?"] = reasons.get(r.reason or "?", 0) + 1
+        return {
+            "model": self.model,
+            "enrolled": self.enrolled,
+            "duplicates": sum(r.status == "duplicate" for r in self.results),
+            "skipped": len(self.skipped),
+            "skipped_reasons": reasons,
+            "subjects": sorted({r.subject for r in self.results if r.status == "enrolled"}),
+            "items": [asdict(r) for r in self.results],
+        }

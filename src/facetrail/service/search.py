@@ -1,0 +1,219 @@
+"""1:1 verification and 1:N search against the gallery.
+
+Search is exact in this version: every probe face of a batch is scored against every template
+in one matrix product (the store's index), and a subject's score is its best template's.
+Each score carries the estimated false match rate from the model's calibration, so a reader
+sees what a score means, not just a number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facetrail.errors import FacetrailError, NoFaceError
+from facetrail.media import LoadedImage, load_image
+from facetrail.service.enrol import reason_of
+from facetrail.service.results import (
+    Candidate,
+    FaceResult,
+    ProbeResult,
+    SearchReport,
+    VerifyReport,
+)
+from facetrail.store import Store
+from facetrail.vision.calibration import Calibration
+from facetrail.vision.compare import normalise
+from facetrail.vision.faces import Faces
+from facetrail.vision.pipeline import FaceAnalyzer
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How scores are judged: the threshold and what each score means."""
+
+    threshold: float
+    target_fmr: float | None
+    calibration: Calibration | None
+
+    def fmr(self, scores: np.ndarray) -> np.ndarray | None:
+        return None if self.calibration is None else self.calibration.fmr(scores)
+
+    def meaning(self, score: float) -> str:
+        if self.calibration is None:
+            return "this model has no calibration: the score's false match rate is unknown"
+        fmr = float(self.calibration.fmr(score))
+        if fmr <= self.calibration.min_fmr:
+            return (
+                f"estimated false match rate below 1 in {self.calibration.impostor_comparisons:,} "
+                f"(no impostor comparison in the calibration scored this high)"
+            )
+        return (
+            f"estimated false match rate {fmr:.2g}: about 1 in {max(1, round(1 / fmr)):,} "
+            "comparisons of two different people score this high"
+        )
+
+
+def _face_results(faces: Faces) -> list[FaceResult]:
+    return [
+        FaceResult(
+            box=[round(float(v), 1) for v in faces.boxes[i]],
+            quality=round(float(faces.quality[i]), 4),
+            detector_score=round(float(faces.scores[i]), 4),
+        )
+        for i in range(len(faces))
+    ]
+
+
+def _probe(
+    name: str, loaded: LoadedImage | None, faces: list[FaceResult], error: str | None = None
+) -> ProbeResult:
+    return ProbeResult(
+        probe=name,
+        sha256=loaded.sha256 if loaded else None,
+        width=loaded.width if loaded else None,
+        height=loaded.height if loaded else None,
+        faces=faces,
+        error=error,
+    )
+
+
+def rank_candidates(
+    store: Store,
+    model: str,
+    descriptors: np.ndarray,
+    scoring: Scoring,
+    top_k: int,
+    include_below: bool,
+) -> list[list[Candidate]]:
+    """For each probe descriptor, its best `top_k` subjects (best template per subject)."""
+    index = store.index(model)
+    if len(descriptors) == 0 or len(index) == 0:
+        return [[] for _ in range(len(descriptors))]
+    queries = normalise(descriptors)
+    # Ask for more templates than subjects wanted, since a subject may hold several.
+    want = min(len(index), top_k * 4)
+    while True:
+        scores, ids = index.search(queries, want)
+        subjects = store.template_subjects(ids)
+        fewest = min(len(np.unique(row[row >= 0])) for row in subjects)
+        if fewest >= top_k or want >= len(index):
+            break
+        want = min(len(index), want * 4)
+    names = store.subject_names(subjects[subjects >= 0])
+    out = []
+    for row_scores, row_subjects in zip(scores, subjects, strict=True):
+        best: dict[int, float] = {}
+        for score, sid in zip(row_scores.tolist(), row_subjects.tolist(), strict=True):
+            if sid >= 0 and sid not in best:
+                best[sid] = score  # rows come in descending score order
+        ranked = list(best.items())[:top_k]
+        fmrs = scoring.fmr(np.array([s for _, s in ranked], np.float64))
+        candidates = []
+        for rank, (sid, score) in enumerate(ranked, start=1):
+            above = score >= scoring.threshold
+            if not above and not include_below:
+                continue
+            candidates.append(
+                Candidate(
+                    subject=names[sid],
+                    score=round(score, 4),
+                    fmr=None if fmrs is None else float(f"{fmrs[rank - 1]:.3g}"),
+                    rank=rank,
+                    above_threshold=above,
+                )
+            )
+        out.append(candidates)
+    return out
+
+
+def search(
+    store: Store,
+    analyzer: FaceAnalyzer,
+    probes: Iterable[Path],
+    scoring: Scoring,
+    *,
+    top_k: int,
+    include_below: bool,
+    max_pixels: int,
+    max_bytes: int,
+    progress: Callable[[ProbeResult], None] | None = None,
+) -> SearchReport:
+    model = analyzer.model_id
+
+    def prepare(path: Path) -> tuple[np.ndarray, LoadedImage]:
+        loaded = load_image(path, max_pixels=max_pixels, max_bytes=max_bytes)
+        return loaded.pixels, loaded
+
+    results = []
+    for result in analyzer.stream(list(probes), prepare, mode="thorough"):
+        name = str(result.item)
+        if result.error is not None:
+            probe = _probe(name, None, [], reason_of(result.error))
+        else:
+            faces = result.faces
+            assert faces is not None and faces.descriptors is not None
+            face_results = _face_results(faces)
+            ranked = rank_candidates(store, model, faces.descriptors, scoring, top_k, include_below)
+            face_results = [
+                FaceResult(f.box, f.quality, f.detector_score, c)
+                for f, c in zip(face_results, ranked, strict=True)
+            ]
+            probe = _probe(name, result.extra, face_results)  # type: ignore[arg-type]
+        results.append(probe)
+        if progress:
+            progress(probe)
+    subjects, templates = store.gallery_size(model)
+    return SearchReport(
+        model=model,
+        threshold=round(scoring.threshold, 4),
+        target_fmr=scoring.target_fmr,
+        top_k=top_k,
+        gallery_subjects=subjects,
+        gallery_templates=templates,
+        probes=results,
+    )
+
+
+def verify(
+    analyzer: FaceAnalyzer,
+    a: Path,
+    b: Path,
+    scoring: Scoring,
+    *,
+    max_pixels: int,
+    max_bytes: int,
+) -> VerifyReport:
+    """Compare the main (largest) face of two images."""
+    described = []
+    for path in (a, b):
+        loaded = load_image(path, max_pixels=max_pixels, max_bytes=max_bytes)
+        faces = analyzer.analyse(loaded.pixels, mode="primary")
+        if len(faces) == 0:
+            raise NoFaceError(f"{loaded.name}: no face found")
+        main = faces.select([int(np.argmax(faces.widths))])
+        described.append((loaded, main, len(faces)))
+    (la, fa, _), (lb, fb, _) = described
+    assert fa.descriptors is not None and fb.descriptors is not None
+    score = float((normalise(fa.descriptors) * normalise(fb.descriptors)).sum())
+    fmr = scoring.fmr(np.array([score]))
+    return VerifyReport(
+        model=analyzer.model_id,
+        a=_probe(str(a), la, _face_results(fa)),
+        b=_probe(str(b), lb, _face_results(fb)),
+        score=round(score, 4),
+        threshold=round(scoring.threshold, 4),
+        match=score >= scoring.threshold,
+        fmr=None if fmr is None else float(f"{fmr[0]:.3g}"),
+        meaning=scoring.meaning(score),
+    )
+
+
+def all_failed(report: SearchReport) -> bool:
+    return bool(report.probes) and all(p.error is not None for p in report.probes)
+
+
+__all__ = ["FacetrailError", "Scoring", "all_failed", "rank_candidates", "search", "verify"]

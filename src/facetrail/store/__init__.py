@@ -1,0 +1,39 @@
+"""Persistence: gallery metadata in SQL, image bytes in a blob store, templates in an index.
+
+Knows nothing about users, roles or policy; the service layer calls it.
+"""
+
+from __future__ import annotations
+
+from facetrail.store.blobs import BlobStore
+from facetrail.store.index import ExactIndex, TemplateIndex
+from facetrail.store.records import (
+    AddedReference,
+    ErasureReport,
+    FaceDetail,
+    FaceRecord,
+    ImageDetail,
+    ImageRecord,
+    SubjectDetail,
+    SubjectSummary,
+    TemplateMatrix,
+)
+from facetrail.store.store import SQLITE_PRAGMAS, Store, alembic_config
+
+__all__ = [
+    "SQLITE_PRAGMAS",
+    "AddedReference",
+    "BlobStore",
+    "ErasureReport",
+    "ExactIndex",
+    "FaceDetail",
+    "FaceRecord",
+    "ImageDetail",
+    "ImageRecord",
+    "Store",
+    "SubjectDetail",
+    "SubjectSummary",
+    "TemplateIndex",
+    "TemplateMatrix",
+    "alembic_config",
+]

@@ -1,0 +1,142 @@
+"""Plain values that cross the store's boundary.
+
+The service layer and front doors get these frozen dataclasses, never ORM objects, so a
+detached row can't lazy-load behind their back and nothing outside `store` depends on the
+schema. Byte and vector fields are left out of repr and equality: an error message or log
+line must never carry a face image or a descriptor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+Box = tuple[float, float, float, float]
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """An original reference image: its content address, metadata and exact file bytes."""
+
+    sha256: str
+    name: str
+    format: str
+    width: int
+    height: int
+    data: bytes = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FaceRecord:
+    """One detected face of an `ImageRecord`, with its aligned chip and descriptor."""
+
+    box: Box
+    landmarks: list[Point] | tuple[Point, ...]
+    detector_score: float
+    quality: float
+    chip_png: bytes | None = field(repr=False, compare=False)
+    descriptor: np.ndarray = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AddedReference:
+    """What `Store.add_reference` did; `duplicate` means the image was already enrolled."""
+
+    subject_id: int
+    subject: str
+    image_id: int
+    face_ids: tuple[int, ...]
+    template_ids: tuple[int, ...]
+    duplicate: bool
+    created_subject: bool
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureReport:
+    """Counts of what `Store.erase_subject` removed, for the audit trail.
+
+    `blobs` and `wal_checkpointed` are None when the erasure ran inside a caller's session:
+    blob deletion and the WAL checkpoint then happen after that session commits.
+    `wal_checkpointed` is also None on databases other than SQLite.
+    """
+
+    subject_id: int
+    subject: str
+    images: int
+    faces: int
+    templates: int
+    blobs: int | None
+    wal_checkpointed: bool | None
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectSummary:
+    """One gallery subject as a listing shows it."""
+
+    id: int
+    name: str
+    reference: str | None
+    created_at: datetime
+    images: int
+    templates: int
+
+
+@dataclass(frozen=True, slots=True)
+class FaceDetail:
+    """A stored face, without its descriptor (templates are read through `Store.templates`)."""
+
+    id: int
+    box: Box
+    landmarks: tuple[Point, ...]
+    detector_score: float
+    quality: float
+    chip_sha256: str | None
+    templates: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageDetail:
+    """A stored reference image and its faces; the bytes are in the blob store under sha256."""
+
+    id: int
+    sha256: str
+    name: str
+    format: str
+    width: int
+    height: int
+    created_at: datetime
+    faces: tuple[FaceDetail, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectDetail:
+    """One subject with all its reference images and faces."""
+
+    id: int
+    name: str
+    reference: str | None
+    created_at: datetime
+    images: tuple[ImageDetail, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class TemplateMatrix:
+    """All templates of one model as contiguous arrays, ready to build an index from.
+
+    Row i of `vectors` is template `template_ids[i]` of subject `subject_ids[i]`, with exactly
+    the float32 values that were stored.
+    """
+
+    model: str
+    dim: int
+    template_ids: np.ndarray = field(repr=False)
+    subject_ids: np.ndarray = field(repr=False)
+    vectors: np.ndarray = field(repr=False)
+
+    def __len__(self) -> int:
+        return int(self.template_ids.shape[0])

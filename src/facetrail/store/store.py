@@ -1,0 +1,933 @@
+"""The gallery store: SQL metadata, content-addressed blobs and the template index.
+
+One `Store` is one handle on a data directory. Several handles, in one process or many, can
+share a directory: SQLite runs in WAL mode, every write transaction starts with
+`BEGIN IMMEDIATE` so writers queue instead of failing, and a `generation` counter that
+changes with every change to templates tells each handle when its in-memory index is stale.
+
+The store knows nothing about users, roles or policy; the service layer decides what may be
+done and calls these methods to do it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from alembic import command
+from alembic.config import Config
+from alembic.util import CommandError
+from sqlalchemy import (
+    URL,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, sessionmaker
+
+from facetrail.errors import InvalidInputError, NotFoundError, StoreError
+from facetrail.store.blobs import BlobStore, check_sha256
+from facetrail.store.index import ExactIndex
+from facetrail.store.models import (
+    GENERATION_KEY,
+    Face,
+    Image,
+    StoreState,
+    Subject,
+    Template,
+)
+from facetrail.store.records import (
+    AddedReference,
+    ErasureReport,
+    FaceDetail,
+    FaceRecord,
+    ImageDetail,
+    ImageRecord,
+    SubjectDetail,
+    SubjectSummary,
+    TemplateMatrix,
+)
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+DB_NAME = "facetrail.db"
+BLOBS_DIR = "blobs"
+LOCK_NAME = ".lock"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Chosen pragmas. synchronous=FULL rather than NORMAL: in WAL mode NORMAL can lose the last
+# committed transactions on power failure, and an acknowledged erasure or audit event must
+# not come back or vanish. The price is one fsync of the WAL per commit.
+SQLITE_PRAGMAS: tuple[tuple[str, str], ...] = (
+    ("busy_timeout", "60000"),
+    ("foreign_keys", "ON"),
+    ("secure_delete", "ON"),
+    ("journal_mode", "WAL"),
+    ("synchronous", "FULL"),
+)
+
+_WRITE_OPTION = "facetrail_write"
+_INFO_OWNER = "facetrail.store"
+_INFO_WRITE = "facetrail.write"
+_INFO_HOOKS = "facetrail.after_commit"
+_IN_CHUNK = 500  # bound on bound parameters per IN (...) query
+
+_MAX_NAME = 200
+_MAX_REFERENCE = 200
+_MAX_MODEL = 100
+_MAX_IMAGE_NAME = 255
+_MAX_FORMAT = 16
+
+
+# --------------------------------------------------------------------------- SQLite hooks
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Take BEGIN away from the sqlite3 driver and set the pragmas on every new connection."""
+    # The driver's legacy transaction control would BEGIN (deferred) on its own; SQLAlchemy's
+    # begin hook below emits the BEGIN instead (SQLAlchemy's documented pysqlite recipe).
+    dbapi_connection.isolation_level = None
+    cur = dbapi_connection.cursor()
+    try:
+        for name, value in SQLITE_PRAGMAS:
+            row = cur.execute(f"PRAGMA {name}={value}").fetchone()
+            if name == "journal_mode" and (row is None or str(row[0]).lower() != "wal"):
+                raise StoreError("the database cannot use write-ahead logging (journal_mode=WAL)")
+    finally:
+        cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    """Emit BEGIN IMMEDIATE for write transactions so writers wait for the lock up front.
+
+    A deferred transaction that reads and then writes can fail with SQLITE_BUSY when another
+    process wrote in between, and busy_timeout cannot help it; IMMEDIATE takes the write lock
+    at BEGIN, where the busy handler does wait.
+    """
+    if conn.get_execution_options().get(_WRITE_OPTION):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock on `path` across processes (flock), held for the `with` body."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:  # pragma: no cover - Windows
+            import msvcrt
+
+            while True:
+                try:
+                    msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    continue
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            else:  # pragma: no cover - Windows
+                import msvcrt
+
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    finally:
+        os.close(fd)
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic configuration built in code, pointing at the packaged migrations."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("path_separator", "os")
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_text(value: object, what: str, max_len: int, *, strip_ok: bool = False) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(f"{what} must be a non-empty string")
+    if len(value) > max_len:
+        raise InvalidInputError(f"{what} is longer than {max_len} characters")
+    if not strip_ok and value != value.strip():
+        raise InvalidInputError(f"{what} must not start or end with whitespace")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidInputError(f"{what} must not contain control characters")
+    return value
+
+
+def _finite(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise InvalidInputError(f"{what} must be a number")
+    f = float(value)
+    if not math.isfinite(f):
+        raise InvalidInputError(f"{what} must be finite")
+    return f
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedFace:
+    box: tuple[float, float, float, float]
+    landmarks: list[list[float]]
+    detector_score: float
+    quality: float
+    chip_png: bytes | None
+    vector: np.ndarray  # float32 (dim,)
+
+
+def _prepare_face(face: FaceRecord) -> _PreparedFace:
+    if not isinstance(face, FaceRecord):
+        raise InvalidInputError("faces must be FaceRecord values")
+    if len(face.box) != 4:
+        raise InvalidInputError("a face box is (x1, y1, x2, y2)")
+    x1, y1, x2, y2 = (_finite(v, "face box") for v in face.box)
+    landmarks: list[list[float]] = []
+    for point in face.landmarks:
+        if len(point) != 2:
+            raise InvalidInputError("a landmark is an (x, y) pair")
+        landmarks.append([_finite(point[0], "landmark"), _finite(point[1], "landmark")])
+    chip = face.chip_png
+    if chip is not None and not isinstance(chip, bytes | bytearray):
+        raise InvalidInputError("a face chip must be PNG bytes or None")
+    d = face.descriptor
+    if not isinstance(d, np.ndarray) or d.ndim != 1 or d.size == 0:
+        raise InvalidInputError("a descriptor must be a non-empty 1-d numpy array")
+    if d.dtype != np.float32:
+        raise InvalidInputError("a descriptor must be float32 (it is stored exactly as given)")
+    if not np.isfinite(d).all():
+        raise InvalidInputError("a descriptor must be finite")
+    return _PreparedFace(
+        box=(x1, y1, x2, y2),
+        landmarks=landmarks,
+        detector_score=_finite(face.detector_score, "detector score"),
+        quality=_finite(face.quality, "quality"),
+        chip_png=bytes(chip) if chip is not None else None,
+        vector=d,
+    )
+
+
+def _check_image(image: ImageRecord) -> None:
+    if not isinstance(image, ImageRecord):
+        raise InvalidInputError("image must be an ImageRecord")
+    check_sha256(image.sha256)
+    if not isinstance(image.data, bytes | bytearray) or not image.data:
+        raise InvalidInputError("image data must be non-empty bytes")
+    if hashlib.sha256(image.data).hexdigest() != image.sha256:
+        raise InvalidInputError("image sha256 does not match its bytes")
+    _check_text(image.name, "image name", _MAX_IMAGE_NAME, strip_ok=True)
+    _check_text(image.format, "image format", _MAX_FORMAT)
+    for what, v in (("width", image.width), ("height", image.height)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v <= 0:
+            raise InvalidInputError(f"image {what} must be a positive integer")
+
+
+def _to_le_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass(slots=True)
+class _CachedIndex:
+    generation: int
+    index: ExactIndex
+
+
+class Store:
+    """A handle on one data directory; see the module docstring. Use `Store.open`."""
+
+    def __init__(self, data_dir: Path, engine: Engine) -> None:
+        """Wrap an engine whose schema is already migrated (use `open` instead)."""
+        self.data_dir = data_dir
+        self.blobs = BlobStore(data_dir / BLOBS_DIR)
+        self._engine: Engine | None = engine
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._write_sessions = sessionmaker(
+            bind=engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
+        )
+        self._read_sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        self._index_lock = threading.Lock()
+        self._indexes: dict[str, _CachedIndex] = {}
+        self._local = threading.local()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def open(cls, data_dir: Path, url: str | None = None) -> Store:
+        """Open (creating and migrating if needed) the store in `data_dir`.
+
+        `url` selects another database (PostgreSQL); blobs and the lock file stay in
+        `data_dir`. Migration runs under an exclusive file lock so that two processes
+        opening a new directory at once do not both try to create the schema.
+        """
+        data_dir = Path(data_dir)
+        try:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create data directory {data_dir}: {e.strerror}") from None
+        if url is None:
+            db_path = data_dir / DB_NAME
+            # Create the file private before SQLite does; its -wal and -shm inherit the mode.
+            os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+            db_url: str | URL = URL.create("sqlite+pysqlite", database=str(db_path))
+        else:
+            db_url = url
+        try:
+            engine = create_engine(db_url)
+        except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError) as e:
+            raise StoreError(f"unusable database URL: {e}") from None
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_on_connect)
+            event.listen(engine, "begin", _sqlite_on_begin)
+        try:
+            with _file_lock(data_dir / LOCK_NAME):
+                cls._migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(data_dir, engine)
+
+    @staticmethod
+    def _migrate(engine: Engine) -> None:
+        """Bring the schema to the newest revision inside one transaction."""
+        sqlite = engine.dialect.name == "sqlite"
+        try:
+            with engine.execution_options(**{_WRITE_OPTION: True}).connect() as conn:
+                driver = conn.connection.driver_connection
+                if sqlite:
+                    # Alembic's batch mode rebuilds tables; with foreign keys on, dropping
+                    # the old table would cascade. Off for the migration, checked after.
+                    driver.execute("PRAGMA foreign_keys=OFF")
+                try:
+                    with conn.begin():
+                        command.upgrade(alembic_config(conn), "head")
+                        if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+                            raise StoreError("migration left broken foreign keys; rolled back")
+                finally:
+                    if sqlite:
+                        driver.execute("PRAGMA foreign_keys=ON")
+        except CommandError as e:
+            raise StoreError(
+                f"the database schema is not one this facetrail knows (newer version?): {e}"
+            ) from None
+        except sa_exc.OperationalError as e:
+            raise StoreError(f"cannot open the database: {e.orig}") from None
+        except sa_exc.DatabaseError as e:
+            raise StoreError(
+                f"the database is damaged or not a facetrail database: {e.orig}"
+            ) from None
+
+    def close(self) -> None:
+        """Release connections and drop cached indexes; the handle is unusable afterwards."""
+        with self._index_lock:
+            self._indexes.clear()
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for the service layer's own tables and for tests)."""
+        if self._engine is None:
+            raise StoreError("the store is closed")
+        return self._engine
+
+    # ----------------------------------------------------------------- transactions
+
+    @contextlib.contextmanager
+    def session(self, *, write: bool = True) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on any exception.
+
+        A write session holds the database's write lock from its start (BEGIN IMMEDIATE on
+        SQLite, a row lock on `store_state` elsewhere), so writers run one at a time and a
+        read-then-write sequence inside it cannot be invalidated. Pass it to the write
+        methods as `session=` to make them part of a larger transaction (an action and its
+        audit event). Work that must follow the commit (index updates, blob deletion) runs
+        when this context exits successfully.
+        """
+        factory = self._write_sessions if write else self._read_sessions
+        self.engine  # noqa: B018 - raises if closed
+        if write and getattr(self._local, "writing", False):
+            # The inner BEGIN IMMEDIATE would wait on the outer one for busy_timeout.
+            raise StoreError(
+                "a write transaction is already open in this thread; pass it as session="
+            )
+        s = factory()
+        s.info[_INFO_OWNER] = self
+        s.info[_INFO_WRITE] = write
+        s.info[_INFO_HOOKS] = []
+        hooks: list[Callable[[], None]] = s.info[_INFO_HOOKS]
+        if write:
+            self._local.writing = True
+        try:
+            if write:
+                self._lock_writes(s)
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+            if write:
+                self._local.writing = False
+        self._run_hooks(hooks)  # reached only after a successful commit
+
+    @staticmethod
+    def _run_hooks(hooks: list[Callable[[], None]]) -> None:
+        error: BaseException | None = None
+        for hook in hooks:
+            try:
+                hook()
+            except BaseException as e:  # run them all, report the first failure
+                error = error or e
+        if error is not None:
+            raise error
+
+    def _lock_writes(self, s: Session) -> None:
+        if self._sqlite:
+            s.connection()  # autobegin now: BEGIN IMMEDIATE takes the write lock
+        else:
+            s.execute(
+                select(StoreState.value).where(StoreState.key == GENERATION_KEY).with_for_update()
+            )
+
+    @contextlib.contextmanager
+    def _write(self, session: Session | None) -> Iterator[Session]:
+        if session is None:
+            with self.session(write=True) as s:
+                yield s
+        else:
+            if session.info.get(_INFO_OWNER) is not self or not session.info.get(_INFO_WRITE):
+                raise InvalidInputError("pass a session from this store's session(write=True)")
+            yield session
+
+    @staticmethod
+    def _after_commit(s: Session, hook: Callable[[], None]) -> None:
+        s.info[_INFO_HOOKS].append(hook)
+
+    @staticmethod
+    def _read_generation(s: Session) -> int:
+        value = s.scalar(select(StoreState.value).where(StoreState.key == GENERATION_KEY))
+        if value is None:
+            raise StoreError("the database has no generation counter (damaged?)")
+        return int(value)
+
+    def _bump_generation(self, s: Session) -> tuple[int, int]:
+        """Advance the generation in the current transaction; returns (old, new)."""
+        result = s.execute(
+            update(StoreState)
+            .where(StoreState.key == GENERATION_KEY)
+            .values(value=StoreState.value + 1)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise StoreError("the database has no generation counter (damaged?)")
+        new = self._read_generation(s)
+        return new - 1, new
+
+    # ----------------------------------------------------------------- writes
+
+    def add_reference(
+        self,
+        *,
+        subject: str,
+        reference: str | None,
+        image: ImageRecord,
+        faces: Sequence[FaceRecord],
+        model: str,
+        session: Session | None = None,
+    ) -> AddedReference:
+        """Enrol one reference image of `subject` with its faces and their templates.
+
+        Gets or creates the subject by name. The same image bytes enrolled again for the same
+        subject change nothing and come back with `duplicate=True`. Blobs are written inside
+        the write transaction, before it commits: a failed transaction can leave blobs but
+        never rows pointing at missing blobs, and `sweep_blobs` removes the leftovers.
+        """
+        _check_text(subject, "subject name", _MAX_NAME)
+        if reference is not None:
+            _check_text(reference, "reference number", _MAX_REFERENCE)
+        _check_text(model, "model", _MAX_MODEL)
+        _check_image(image)
+        prepared = [_prepare_face(f) for f in faces]
+        dims = {p.vector.shape[0] for p in prepared}
+        if len(dims) > 1:
+            raise InvalidInputError("descriptors of one reference must have one length")
+        dim = dims.pop() if dims else 0
+
+        with self._write(session) as s:
+            if dim:
+                stored_dim = s.scalar(select(Template.dim).where(Template.model == model).limit(1))
+                if stored_dim is not None and stored_dim != dim:
+                    raise InvalidInputError(
+                        f"model {model!r} has {stored_dim}-d templates, not {dim}-d"
+                    )
+            subj = s.scalar(select(Subject).where(Subject.name == subject))
+            created = subj is None
+            if subj is None:
+                subj = Subject(name=subject, reference=reference)
+                s.add(subj)
+                s.flush()
+            elif reference is not None:
+                if subj.reference is None:
+                    subj.reference = reference
+                elif subj.reference != reference:
+                    raise InvalidInputError(
+                        f"subject {subject!r} already has a different reference number"
+                    )
+
+            existing = s.scalar(
+                select(Image).where(Image.subject_id == subj.id, Image.sha256 == image.sha256)
+            )
+            if existing is not None:
+                face_ids = tuple(
+                    s.scalars(select(Face.id).where(Face.image_id == existing.id).order_by(Face.id))
+                )
+                template_ids = tuple(
+                    s.scalars(
+                        select(Template.id)
+                        .join(Face, Template.face_id == Face.id)
+                        .where(Face.image_id == existing.id)
+                        .order_by(Template.id)
+                    )
+                )
+                return AddedReference(
+                    subject_id=subj.id,
+                    subject=subj.name,
+                    image_id=existing.id,
+                    face_ids=face_ids,
+                    template_ids=template_ids,
+                    duplicate=True,
+                    created_subject=False,
+                    generation=self._read_generation(s),
+                )
+
+            try:
+                self.blobs.put(bytes(image.data), expect=image.sha256)
+                chip_shas = [
+                    self.blobs.put(p.chip_png) if p.chip_png is not None else None for p in prepared
+                ]
+            except OSError as e:
+                raise StoreError(f"cannot write to the blob store: {e.strerror}") from None
+
+            img = Image(
+                subject_id=subj.id,
+                sha256=image.sha256,
+                name=image.name,
+                format=image.format,
+                width=int(image.width),
+                height=int(image.height),
+            )
+            s.add(img)
+            s.flush()
+            face_rows = [
+                Face(
+                    image_id=img.id,
+                    x1=p.box[0],
+                    y1=p.box[1],
+                    x2=p.box[2],
+                    y2=p.box[3],
+                    landmarks=p.landmarks,
+                    detector_score=p.detector_score,
+                    quality=p.quality,
+                    chip_sha256=chip,
+                )
+                for p, chip in zip(prepared, chip_shas, strict=True)
+            ]
+            s.add_all(face_rows)
+            s.flush()
+            template_rows = [
+                Template(
+                    face_id=f.id,
+                    subject_id=subj.id,
+                    model=model,
+                    dim=dim,
+                    vector=_to_le_bytes(p.vector),
+                )
+                for f, p in zip(face_rows, prepared, strict=True)
+            ]
+            s.add_all(template_rows)
+            s.flush()
+
+            template_ids = tuple(t.id for t in template_rows)
+            if template_rows:
+                old, generation = self._bump_generation(s)
+                ids = np.asarray(template_ids, dtype=np.int64)
+                vectors = np.stack([p.vector for p in prepared]).astype(np.float32, copy=False)
+                self._after_commit(
+                    s, lambda: self._index_changed(old, generation, model, (ids, vectors), None)
+                )
+            else:
+                generation = self._read_generation(s)
+            return AddedReference(
+                subject_id=subj.id,
+                subject=subj.name,
+                image_id=img.id,
+                face_ids=tuple(f.id for f in face_rows),
+                template_ids=template_ids,
+                duplicate=False,
+                created_subject=created,
+                generation=generation,
+            )
+
+    def erase_subject(self, name: str, *, session: Session | None = None) -> ErasureReport:
+        """Erase a subject completely: rows, blobs, index entries, and WAL copies.
+
+        The rows go in one transaction. After it commits, every blob no longer referenced is
+        deleted and, on SQLite, the WAL is checkpointed and truncated so the deleted bytes do
+        not linger there (secure_delete has already zeroed them in the database pages). Inside
+        a caller's `session` the post-commit part runs when that session commits, and the
+        report's `blobs` and `wal_checkpointed` are None. If the post-commit part fails, the
+        rows are already gone and the error says so; `sweep_blobs` finishes the job.
+        """
+        if not isinstance(name, str):
+            raise InvalidInputError("subject name must be a string")
+        with self._write(session) as s:
+            subj = s.scalar(select(Subject).where(Subject.name == name))
+            if subj is None:
+                raise NotFoundError(f"no subject named {name!r}")
+            sid = subj.id
+            image_ids = select(Image.id).where(Image.subject_id == sid)
+            face_ids = select(Face.id).where(Face.image_id.in_(image_ids))
+            n_images = s.scalar(
+                select(func.count()).select_from(Image).where(Image.subject_id == sid)
+            )
+            n_faces = s.scalar(select(func.count()).select_from(Face).where(Face.id.in_(face_ids)))
+            template_ids = np.fromiter(
+                s.scalars(
+                    select(Template.id).where(
+                        or_(Template.subject_id == sid, Template.face_id.in_(face_ids))
+                    )
+                ),
+                dtype=np.int64,
+            )
+            s.execute(delete(Subject).where(Subject.id == sid))
+            left = s.scalar(select(func.count()).select_from(Image).where(Image.subject_id == sid))
+            left_t = s.scalar(
+                select(func.count()).select_from(Template).where(Template.subject_id == sid)
+            )
+            if left or left_t:
+                raise StoreError("deleting the subject did not cascade (foreign keys off?)")
+            if template_ids.size:
+                old, generation = self._bump_generation(s)
+                self._after_commit(
+                    s, lambda: self._index_changed(old, generation, None, None, template_ids)
+                )
+            else:
+                generation = self._read_generation(s)
+            report = ErasureReport(
+                subject_id=sid,
+                subject=name,
+                images=int(n_images or 0),
+                faces=int(n_faces or 0),
+                templates=int(template_ids.size),
+                blobs=None,
+                wal_checkpointed=None,
+                generation=generation,
+            )
+            if session is not None:
+                self._after_commit(s, self._sweep_and_checkpoint)
+                return report
+        blobs = self.sweep_blobs()
+        return ErasureReport(
+            subject_id=report.subject_id,
+            subject=report.subject,
+            images=report.images,
+            faces=report.faces,
+            templates=report.templates,
+            blobs=blobs,
+            wal_checkpointed=self._checkpoint(),
+            generation=report.generation,
+        )
+
+    def _sweep_and_checkpoint(self) -> None:
+        self.sweep_blobs()
+        self._checkpoint()
+
+    def sweep_blobs(self) -> int:
+        """Delete every blob no image or face refers to; returns how many were deleted.
+
+        Runs under the write lock: blob writes only happen inside write transactions, so
+        every unreferenced blob seen here is garbage (an erased record, or a crash leftover),
+        never one an uncommitted enrolment is about to use. Temporary files from crashed
+        writes go too.
+        """
+        removed = 0
+        with self.session(write=True) as s:
+            try:
+                self.blobs.remove_temporary_files()
+                batch: list[str] = []
+                for sha in self.blobs.iter_hashes():
+                    batch.append(sha)
+                    if len(batch) >= _IN_CHUNK:
+                        removed += self._delete_unreferenced(s, batch)
+                        batch = []
+                if batch:
+                    removed += self._delete_unreferenced(s, batch)
+            except OSError as e:
+                raise StoreError(f"cannot clean the blob store: {e.strerror}") from None
+        return removed
+
+    def _delete_unreferenced(self, s: Session, batch: list[str]) -> int:
+        used = set(s.scalars(select(Image.sha256).where(Image.sha256.in_(batch))))
+        used.update(s.scalars(select(Face.chip_sha256).where(Face.chip_sha256.in_(batch))))
+        return sum(1 for sha in batch if sha not in used and self.blobs.delete(sha))
+
+    def _checkpoint(self) -> bool | None:
+        """Copy the WAL into the database and truncate it to zero bytes (SQLite only).
+
+        Returns False if readers elsewhere kept it from completing within busy_timeout.
+        """
+        if not self._sqlite:
+            return None
+        raw = self.engine.raw_connection()
+        try:
+            row = raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            raw.close()
+        return row is not None and row[0] == 0
+
+    # ----------------------------------------------------------------- reads
+
+    def generation(self) -> int:
+        """The counter that changes with every change to templates."""
+        with self.session(write=False) as s:
+            return self._read_generation(s)
+
+    def subjects(self) -> list[SubjectSummary]:
+        """All subjects with their image and template counts, ordered by name."""
+        n_images = (
+            select(func.count(Image.id)).where(Image.subject_id == Subject.id).scalar_subquery()
+        )
+        n_templates = (
+            select(func.count(Template.id))
+            .where(Template.subject_id == Subject.id)
+            .scalar_subquery()
+        )
+        stmt = select(
+            Subject.id, Subject.name, Subject.reference, Subject.created_at, n_images, n_templates
+        ).order_by(Subject.name)
+        with self.session(write=False) as s:
+            return [
+                SubjectSummary(
+                    id=r[0],
+                    name=r[1],
+                    reference=r[2],
+                    created_at=r[3],
+                    images=int(r[4]),
+                    templates=int(r[5]),
+                )
+                for r in s.execute(stmt)
+            ]
+
+    def subject(self, name: str) -> SubjectDetail:
+        """One subject with its images and faces; NotFoundError if there is none."""
+        with self.session(write=False) as s:
+            subj = s.scalar(select(Subject).where(Subject.name == name))
+            if subj is None:
+                raise NotFoundError(f"no subject named {name!r}")
+            images = list(
+                s.scalars(select(Image).where(Image.subject_id == subj.id).order_by(Image.id))
+            )
+            faces = list(
+                s.scalars(
+                    select(Face)
+                    .join(Image, Face.image_id == Image.id)
+                    .where(Image.subject_id == subj.id)
+                    .order_by(Face.id)
+                )
+            )
+            counts: dict[int, int] = {
+                int(face_id): int(n)
+                for face_id, n in s.execute(
+                    select(Template.face_id, func.count(Template.id))
+                    .where(Template.subject_id == subj.id)
+                    .group_by(Template.face_id)
+                )
+            }
+        by_image: dict[int, list[FaceDetail]] = {}
+        for f in faces:
+            by_image.setdefault(f.image_id, []).append(
+                FaceDetail(
+                    id=f.id,
+                    box=(f.x1, f.y1, f.x2, f.y2),
+                    landmarks=tuple((float(p[0]), float(p[1])) for p in f.landmarks),
+                    detector_score=f.detector_score,
+                    quality=f.quality,
+                    chip_sha256=f.chip_sha256,
+                    templates=int(counts.get(f.id, 0)),
+                )
+            )
+        return SubjectDetail(
+            id=subj.id,
+            name=subj.name,
+            reference=subj.reference,
+            created_at=subj.created_at,
+            images=tuple(
+                ImageDetail(
+                    id=i.id,
+                    sha256=i.sha256,
+                    name=i.name,
+                    format=i.format,
+                    width=i.width,
+                    height=i.height,
+                    created_at=i.created_at,
+                    faces=tuple(by_image.get(i.id, ())),
+                )
+                for i in images
+            ),
+        )
+
+    def templates(self, model: str) -> TemplateMatrix:
+        """Every template of `model`, in id order, with exactly the stored float32 values."""
+        with self.session(write=False) as s:
+            return self._read_templates(s, model)
+
+    @staticmethod
+    def _read_templates(s: Session, model: str) -> TemplateMatrix:
+        rows = s.execute(
+            select(Template.id, Template.subject_id, Template.dim, Template.vector)
+            .where(Template.model == model)
+            .order_by(Template.id)
+        ).all()
+        n = len(rows)
+        if n == 0:
+            return TemplateMatrix(
+                model=model,
+                dim=0,
+                template_ids=np.empty(0, dtype=np.int64),
+                subject_ids=np.empty(0, dtype=np.int64),
+                vectors=np.empty((0, 0), dtype=np.float32),
+            )
+        dim = int(rows[0][2])
+        if any(r[2] != dim for r in rows):
+            raise StoreError(f"templates of model {model!r} have mixed lengths (damaged?)")
+        raw = bytearray().join(r[3] for r in rows)  # one writable buffer
+        if len(raw) != n * dim * 4:
+            raise StoreError(f"a template of model {model!r} has the wrong size (damaged?)")
+        vectors = np.frombuffer(raw, dtype="<f4").reshape(n, dim).astype(np.float32, copy=False)
+        return TemplateMatrix(
+            model=model,
+            dim=dim,
+            template_ids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),
+            subject_ids=np.fromiter((r[1] for r in rows), dtype=np.int64, count=n),
+            vectors=vectors,
+        )
+
+    def subject_names(self, subject_ids: Iterable[int]) -> dict[int, str]:
+        """Names of the given subject ids; ids that no longer exist are left out."""
+        wanted = sorted({int(i) for i in subject_ids})
+        out: dict[int, str] = {}
+        if not wanted:
+            return out
+        with self.session(write=False) as s:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                stmt = select(Subject.id, Subject.name).where(Subject.id.in_(chunk))
+                out.update((int(i), str(n)) for i, n in s.execute(stmt))
+        return out
+
+    def template_subjects(self, template_ids: np.ndarray) -> np.ndarray:
+        """The subject id of each template id (-1 where the template no longer exists)."""
+        wanted = sorted({int(i) for i in np.asarray(template_ids).ravel()})
+        found: dict[int, int] = {}
+        with self.session(write=False) as s:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                stmt = select(Template.id, Template.subject_id).where(Template.id.in_(chunk))
+                found.update((int(t), int(sub)) for t, sub in s.execute(stmt))
+        lookup = np.vectorize(lambda t: found.get(int(t), -1), otypes=[np.int64])
+        return lookup(template_ids) if np.size(template_ids) else np.zeros_like(template_ids)
+
+    def gallery_size(self, model: str) -> tuple[int, int]:
+        """(subjects with a template of `model`, templates of `model`)."""
+        with self.session(write=False) as s:
+            row = s.execute(
+                select(
+                    func.count(func.distinct(Template.subject_id)), func.count(Template.id)
+                ).where(Template.model == model)
+            ).one()
+        return int(row[0]), int(row[1])
+
+    # ----------------------------------------------------------------- index
+
+    def index(self, model: str) -> ExactIndex:
+        """The template index of `model`, current as of this call.
+
+        Cached per model with the generation it reflects. This handle's own writes update the
+        cached index in place; a change by any other handle or process changes the
+        generation and makes this call rebuild from `templates(model)`.
+        """
+        current = self.generation()
+        with self._index_lock:
+            cached = self._indexes.get(model)
+            if cached is not None and cached.generation == current:
+                return cached.index
+            with self.session(write=False) as s:
+                generation = self._read_generation(s)
+                matrix = self._read_templates(s, model)
+            idx = ExactIndex(matrix.dim, matrix.template_ids, matrix.vectors, copy=False)
+            self._indexes[model] = _CachedIndex(generation, idx)
+            return idx
+
+    def _index_changed(
+        self,
+        old: int,
+        new: int,
+        model: str | None,
+        added: tuple[np.ndarray, np.ndarray] | None,
+        removed: np.ndarray | None,
+    ) -> None:
+        """Apply this handle's committed change to cached indexes that were current before it.
+
+        Indexes at any other generation missed someone else's change and are left to rebuild.
+        """
+        with self._index_lock:
+            for name, cached in list(self._indexes.items()):
+                if cached.generation != old:
+                    continue
+                if removed is not None:
+                    cached.index.remove(removed)
+                if added is not None and name == model:
+                    ids, vectors = added
+                    if cached.index.dim != vectors.shape[1]:
+                        if len(cached.index):
+                            del self._indexes[name]
+                            continue
+                        cached.index = ExactIndex(vectors.shape[1])
+                    cached.index.add(ids, vectors)
+                cached.generation = new

@@ -1,0 +1,156 @@
+"""Descriptors: aligned chips in, vectors out, by ONNX Runtime.
+
+Two models sit behind one small interface (`DescriptorModel`):
+- `DlibResnet`, the default: dlib's CC0 ResNet, translated by `resnet_onnx` into an ONNX graph
+  that is built once and cached under the data directory, keyed by the .dat file's SHA-256.
+- `OnnxDescriptor`: any ONNX model a force has licensed, named by configuration. It takes either
+  uint8 NHWC chips (as facetrail's own graph does) or float NCHW input normalised by
+  (pixel - mean) / std, which is what most published face models expect.
+
+`FlipAveraged` wraps either: it describes each chip and its mirror image and averages them,
+which on LFW removes a share of the errors (bench/RESULTS.md) at twice the network cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from facetrail.errors import ModelError
+from facetrail.vision import models
+from facetrail.vision.resnet_onnx import BUILDER_VERSION, build_resnet_graph
+
+
+class DescriptorModel(Protocol):
+    id: str  # names the model and its weights; templates are only compared within one id
+    chip_size: int
+    chip_padding: float
+    dim: int
+
+    def describe(self, chips: np.ndarray) -> np.ndarray:
+        """(n, size, size, 3) uint8 RGB chips -> (n, dim) float32 descriptors."""
+        ...
+
+
+def _session(
+    path_or_bytes: Path | bytes, providers: list[str], threads: int
+) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    available = set(ort.get_available_providers())
+    chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+    source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=chosen)
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise ModelError(f"ONNX Runtime cannot load the descriptor model: {exc}") from exc
+
+
+def _run_batches(session: ort.InferenceSession, inputs: np.ndarray, batch: int) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    outs = [
+        session.run(None, {name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)
+    ]
+    return np.concatenate(outs).astype(np.float32, copy=False)
+
+
+class DlibResnet:
+    chip_size = 150
+    chip_padding = 0.25
+    dim = 128
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        providers: list[str] | None = None,
+        batch_size: int = 32,
+        threads: int = 0,
+    ) -> None:
+        dat = models.descriptor_dat()
+        digest = hashlib.sha256(dat.read_bytes()).hexdigest()
+        self.id = f"dlib-resnet-v1:{digest[:12]}"
+        self.batch_size = batch_size
+        path = cache_dir / f"dlib_resnet_{digest[:16]}_b{BUILDER_VERSION}.onnx"
+        if not path.exists():
+            _write_atomic(path, build_resnet_graph(dat.read_bytes()).SerializeToString())
+        self._session = _session(path, providers or ["CPUExecutionProvider"], threads)
+        self.onnx_path = path
+
+    def describe(self, chips: np.ndarray) -> np.ndarray:
+        if len(chips) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return _run_batches(self._session, np.ascontiguousarray(chips), self.batch_size)
+
+
+class OnnxDescriptor:
+    """A licensed ONNX face model, configured by path, input size and normalisation."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        chip_size: int,
+        mean: float = 127.5,
+        std: float = 128.0,
+        chip_padding: float = 0.25,
+        providers: list[str] | None = None,
+        batch_size: int = 32,
+        threads: int = 0,
+    ) -> None:
+        if not path.is_file():
+            raise ModelError(f"descriptor model {path.name} does not exist")
+        data = path.read_bytes()
+        self.id = f"onnx:{path.stem}:{hashlib.sha256(data).hexdigest()[:12]}"
+        self._session = _session(data, providers or ["CPUExecutionProvider"], threads)
+        spec = self._session.get_inputs()[0]
+        self._uint8_nhwc = spec.type == "tensor(uint8)"
+        self.chip_size, self.chip_padding = chip_size, chip_padding
+        self.mean, self.std, self.batch_size = mean, std, batch_size
+        shape = self._session.get_outputs()[0].shape
+        self.dim = int(shape[-1]) if isinstance(shape[-1], int) else 0
+
+    def describe(self, chips: np.ndarray) -> np.ndarray:
+        if self._uint8_nhwc:
+            inputs = np.ascontiguousarray(chips)
+        else:
+            inputs = (chips.astype(np.float32).transpose(0, 3, 1, 2) - self.mean) / self.std
+        out = _run_batches(self._session, inputs, self.batch_size)
+        self.dim = out.shape[1] if out.ndim == 2 else self.dim
+        return out
+
+
+class FlipAveraged:
+    """Describe each chip and its mirror image; the mean of the two is the descriptor."""
+
+    def __init__(self, inner: DescriptorModel) -> None:
+        self.inner = inner
+        self.id = f"{inner.id}+flip"
+        self.chip_size, self.chip_padding, self.dim = inner.chip_size, inner.chip_padding, inner.dim
+
+    def describe(self, chips: np.ndarray) -> np.ndarray:
+        n = len(chips)
+        both = self.inner.describe(np.concatenate([chips, chips[:, :, ::-1]]))
+        return (both[:n] + both[n:]) / 2.0
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write beside the target and rename, so a crash or a second process never sees half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
