@@ -15,12 +15,16 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     impostors_below = np.cumsum(1 - y)
     genuine_above = y.sum() - np.cumsum(y)
     correct = impostors_below + genuine_above
+    # A threshold can only fall between two different scores: never split a run of ties.
+    correct[:-1][s[1:] == s[:-1]] = -1
     i = int(np.argmax(correct))
     upper = s[i + 1] if i + 1 < len(s) else s[i] + 1e-6
     # Accepting all (threshold below the lowest score) is a candidate too.
     if y.sum() > correct[i]:
         return float(s[0] - 1e-6)
-    return float((s[i] + upper) / 2)
+    middle = (s[i] + upper) / 2
+    # Between two neighbouring floats the midpoint rounds to one of them; keep it below upper.
+    return float(middle if middle < upper else s[i])
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,10 @@ import numpy as np
 from facetrail.errors import ModelError
 
 PACKAGED = Path(__file__).parent / "calibration"
-_LEVELS = 10.0 ** -np.arange(0.5, 8.01, 0.125)  # FMR grid from 0.3 down to 1e-8
+# FMR grid: coarse where scores mean "different people" anyway, fine from 0.3 down to 1e-8.
+_LEVELS = np.concatenate(
+    [[0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4], 10.0 ** -np.arange(0.5, 8.01, 0.125)]
+)
 
 
 @dataclass(frozen=True)
@@ -135,9 +138,17 @@ def fit_calibration(
             break
         i = int(np.searchsorted(-imp_above, -level, side="right")) - 1  # last bin with FMR >= level
         i = max(i, 0)
+        if imp_above[i] * impostors < 1.5:
+            break  # one impostor left above: the last point below covers it
         scores.append(float(edges[i]))
         fmrs.append(float(imp_above[i]))
         fnmrs.append(float(gen_below[i]))
+    # The table ends just above the highest impostor: only there does the FMR reach the bound
+    # 1 / impostors, so neither fmr() nor threshold_for() claims it for a score an impostor beat.
+    top = int(np.flatnonzero(imp_hist)[-1]) + 1
+    scores.append(float(edges[top]))
+    fmrs.append(1.0 / impostors)
+    fnmrs.append(float(gen_hist[:top].sum() / genuines))
     order = np.argsort(scores)
     scores_a = np.array(scores)[order]
     fmrs_a = np.minimum.accumulate(np.array(fmrs)[order])

@@ -81,7 +81,11 @@ class DlibResnet:
         path = cache_dir / f"dlib_resnet_{digest[:16]}_b{BUILDER_VERSION}.onnx"
         if not path.exists():
             _write_atomic(path, build_resnet_graph(dat.read_bytes()).SerializeToString())
-        self._session = _session(path, providers or ["CPUExecutionProvider"], threads)
+        try:
+            self._session = _session(path, providers or ["CPUExecutionProvider"], threads)
+        except ModelError:  # a damaged cache file (torn copy, bad disk): build it afresh
+            _write_atomic(path, build_resnet_graph(dat.read_bytes()).SerializeToString())
+            self._session = _session(path, providers or ["CPUExecutionProvider"], threads)
         self.onnx_path = path
 
     def describe(self, chips: np.ndarray) -> np.ndarray:
@@ -118,6 +122,8 @@ class OnnxDescriptor:
         self.dim = int(shape[-1]) if isinstance(shape[-1], int) else 0
 
     def describe(self, chips: np.ndarray) -> np.ndarray:
+        if len(chips) == 0:
+            return np.zeros((0, self.dim), np.float32)
         if self._uint8_nhwc:
             inputs = np.ascontiguousarray(chips)
         else:

@@ -56,8 +56,11 @@ class HogDetector:
 
     def __init__(self, min_face: int = 40, max_pixels: int = 8_000_000) -> None:
         # dlib's object_detector keeps scratch buffers inside itself, so two threads running one
-        # detector corrupt each other (and crash); each thread gets its own.
-        self._local = threading.local()
+        # detector corrupt each other (and crash): each pass borrows one that no other thread
+        # is using. They are kept for reuse rather than per thread, because building one takes
+        # most of a second and a thread pool's threads last only as long as one stream.
+        self._idle: list = []
+        self._lock = threading.Lock()
         self.min_face = min_face
         self.max_pixels = max_pixels
 
@@ -75,10 +78,15 @@ class HogDetector:
 
     def _run(self, image: np.ndarray, scale: float) -> Detections:
         scaled = _resize(image, scale)
-        detector = getattr(self._local, "detector", None)
+        with self._lock:
+            detector = self._idle.pop() if self._idle else None
         if detector is None:
-            detector = self._local.detector = dlib.get_frontal_face_detector()
-        rects, scores, _ = detector.run(scaled, 0, 0.0)
+            detector = dlib.get_frontal_face_detector()
+        try:
+            rects, scores, _ = detector.run(scaled, 0, 0.0)
+        finally:
+            with self._lock:
+                self._idle.append(detector)
         if not rects:
             return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
         boxes = np.array([[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in rects], float)

@@ -96,7 +96,7 @@ class _Reader:
         n, k, nr, nc = (self.integer() for _ in range(4))
         count = n * k * nr * nc
         end = self.pos + 4 * count
-        if count < 0 or end > len(self.data):
+        if min(n, k, nr, nc) < 0 or end > len(self.data):
             raise ModelError("tensor runs past the end of the model file")
         values = np.frombuffer(self.data, dtype="<f4", count=count, offset=self.pos)
         self.pos = end
@@ -183,7 +183,8 @@ def read_layers(data: bytes, expect_head: str) -> list[Layer]:
     reader.integer()  # loss layer version
     head = reader.string()
     if head != expect_head:
-        raise ModelError(f"expected a {expect_head} network, found {head!r}")
+        # A file of another kind yields a "name" of any length: show only its start.
+        raise ModelError(f"expected a {expect_head} network, found {head[:40]!r}")
     layers: list[Layer] = []
     markers = _Markers(data)
     while True:
