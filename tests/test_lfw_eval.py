@@ -66,7 +66,7 @@ def test_lfw_protocol_on_a_small_real_subset(lfw: Path, tmp_path: Path) -> None:
 def test_lfw_folder_without_pairs_is_refused(tmp_path: Path) -> None:
     with (
         facetrail.open(tmp_path / "data") as ft,
-        pytest.raises(InvalidInputError, match="pairs.txt"),
+        pytest.raises(InvalidInputError, match=r"pairs\.txt"),
     ):
         ft.eval_lfw(tmp_path)
 

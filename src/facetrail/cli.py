@@ -17,12 +17,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from facetrail.config import Settings
 from facetrail.errors import FacetrailError
 from facetrail.service.app import Facetrail
+from facetrail.service.search import all_failed
 
 app = typer.Typer(
     help="facetrail: accountable facial recognition (enrol, verify, search, evaluate).",
@@ -33,8 +35,8 @@ app = typer.Typer(
 eval_app = typer.Typer(help="Measure accuracy on labelled data.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True, markup=False)  # names are data, not markup
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 DataOpt = Annotated[
     Path | None,
@@ -78,14 +80,12 @@ def _session(data: Path | None, as_json: bool, **overrides: Any) -> Iterator[Fac
 def _fail(message: str, kind: str, code: int, as_json: bool) -> None:
     if as_json:
         _emit_json({"error": {"type": kind, "message": message}})
-    err.print(f"[bold red]error:[/] {message}", markup=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
     raise typer.Exit(code)
 
 
 @contextmanager
-def _progress(
-    label: str, enabled: bool = True
-) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+def _progress(label: str) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
     """(set_total, advance) callbacks backed by a rich progress bar on stderr."""
     progress = Progress(
         TextColumn(label),
@@ -94,7 +94,7 @@ def _progress(
         TimeRemainingColumn(),
         console=err,
         transient=True,
-        disable=not enabled,
+        disable=not err.is_terminal,  # no bar in logs and pipes
     )
     task = progress.add_task(label, total=None)
     with progress:
@@ -188,11 +188,16 @@ def search(
             include_below=include_below,
             progress=lambda _: advance(1),
         )
+    failed = all_failed(report)
     if as_json:
-        _emit_json(report)
+        body = report.to_dict()
+        if failed:
+            body["error"] = {"type": "MediaError", "message": "no probe could be read"}
+        _emit_json(body)
     else:
         _print_search(report)
-    if all(p.error for p in report.probes):
+    if failed:
+        err.print(f"error: no probe could be read ({report.probes[0].error})")
         raise typer.Exit(3)
 
 
@@ -204,9 +209,9 @@ def _print_search(report: Any) -> None:
     )
     for probe in report.probes:
         if probe.error:
-            out.print(f"[bold]{probe.probe}[/]: [red]{probe.error}[/]", markup=True)
+            out.print(f"[bold]{escape(probe.probe)}[/]: [red]{escape(probe.error)}[/]", markup=True)
             continue
-        out.print(f"[bold]{probe.probe}[/]: {len(probe.faces)} face(s)", markup=True)
+        out.print(f"[bold]{escape(probe.probe)}[/]: {len(probe.faces)} face(s)", markup=True)
         for i, face in enumerate(probe.faces, start=1):
             box = ",".join(f"{v:.0f}" for v in face.box)
             out.print(f"  face {i} box [{box}] quality {face.quality:.2f}")
@@ -259,7 +264,9 @@ def subject(
         detail = ft.subject(name)
     if as_json:
         return _emit_json(detail)
-    out.print(f"[bold]{detail.name}[/] reference {detail.reference or '-'}", markup=True)
+    out.print(
+        f"[bold]{escape(detail.name)}[/] reference {escape(detail.reference or '-')}", markup=True
+    )
     table = Table("image", "format", "size", "sha256", "face quality")
     for img in detail.images:
         qualities = ", ".join(f"{f.quality:.2f}" for f in img.faces)
