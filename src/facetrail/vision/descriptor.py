@@ -45,6 +45,9 @@ def _session(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    # ONNX Runtime's threads spin while waiting for work by default; beside the pipeline's
+    # detection threads that spinning takes the cores the detectors need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     available = set(ort.get_available_providers())
     chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
     source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
