@@ -44,6 +44,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +53,11 @@ from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
+
+import facetrail
+from facetrail.media import load_image
+from facetrail.store.models import Face, Image, Subject, Template
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "lfw"
@@ -138,9 +144,6 @@ def warm_face_recognition(fr, path: Path) -> None:
 
 def run_facetrail(root: Path, images: list[str], overrides: dict) -> Run:
     """Enrol every image into a fresh data directory with one `ft.enrol(manifest=...)` call."""
-    import facetrail
-    from facetrail.media import load_image
-
     with tempfile.TemporaryDirectory(prefix="facetrail-bench-") as tmp:
         manifest = Path(tmp) / "manifest.csv"
         with manifest.open("w", newline="", encoding="utf-8") as handle:
@@ -172,10 +175,6 @@ def run_facetrail(root: Path, images: list[str], overrides: dict) -> Run:
 
 def stored_templates(ft) -> dict[str, np.ndarray]:
     """The stored template of each enrolled image, keyed "Person/Person_NNNN.jpg"."""
-    from sqlalchemy import select
-
-    from facetrail.store.models import Face, Image, Subject, Template
-
     model = ft.analyzer.model_id
     matrix = ft.store.templates(model)
     row_of = {int(t): i for i, t in enumerate(matrix.template_ids)}
@@ -256,6 +255,20 @@ def versions() -> dict[str, str]:
     return out
 
 
+def source_commit() -> str:
+    """The checkout's commit, "+changes" when files under src/ differ from it; "-" if unknown."""
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(REPO), *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src")
+        return git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "-"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the LFW folder")
@@ -304,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     print("load average before: " + " ".join(f"{x:.2f}" for x in load_before))
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    commit = source_commit()
+    print(f"facetrail source: commit {commit}")
     print(f"repeats: {repeats} per variant, interleaved; median images/s reported")
     print("timing excludes one-time model loading on both sides (each warmed on one image)")
     print(flush=True)
@@ -411,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_after": load_after,
             "machine": platform.machine(),
             "versions": info,
+            "commit": commit,
             "warm_up": "models loaded and one image described before timing, both sides",
             "results": rows,
             "accuracy": accuracy,

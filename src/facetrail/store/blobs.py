@@ -11,15 +11,14 @@ import contextlib
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from facetrail.errors import InvalidInputError, NotFoundError, StoreError
+from facetrail.files import TMP_PREFIX, fsync_dir, write_atomic
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HEX2 = re.compile(r"[0-9a-f]{2}")
-TMP_PREFIX = ".tmp-"
 
 
 def check_sha256(sha: str) -> str:
@@ -27,20 +26,6 @@ def check_sha256(sha: str) -> str:
     if not isinstance(sha, str) or _SHA256.fullmatch(sha) is None:
         raise InvalidInputError("not a sha256 content address (64 lowercase hex characters)")
     return sha
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in `path` durable (best effort where directories can't sync)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class BlobStore:
@@ -74,19 +59,7 @@ class BlobStore:
         target = self.path(sha)
         if target.is_file() and self._hash_file(target) == sha:
             return sha
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(target.parent)
+        write_atomic(target, data)
         return sha
 
     def get(self, sha: str) -> bytes:
@@ -109,7 +82,7 @@ class BlobStore:
             p.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(p.parent)
+        fsync_dir(p.parent)
         return True
 
     def iter_hashes(self) -> Iterator[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from facetrail.errors import ModelError
+from facetrail.files import write_atomic
 
 PACKAGED = Path(__file__).parent / "calibration"
 # FMR grid: coarse where scores mean "different people" anyway, fine from 0.3 down to 1e-8.
@@ -81,10 +82,7 @@ class Calibration:
         }
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(asdict(self), indent=1).encode())
 
     @classmethod
     def load(cls, path: Path) -> Calibration:

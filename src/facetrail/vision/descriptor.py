@@ -14,8 +14,6 @@ which on LFW removes a share of the errors (bench/RESULTS.md) at twice the netwo
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from facetrail.errors import ModelError
+from facetrail.files import write_atomic
 from facetrail.vision import models
 from facetrail.vision.resnet_onnx import BUILDER_VERSION, build_resnet_graph
 
@@ -83,11 +82,11 @@ class DlibResnet:
         self.batch_size = batch_size
         path = cache_dir / f"dlib_resnet_{digest[:16]}_b{BUILDER_VERSION}.onnx"
         if not path.exists():
-            _write_atomic(path, build_resnet_graph(dat.read_bytes()).SerializeToString())
+            write_atomic(path, build_resnet_graph(dat.read_bytes()).SerializeToString())
         try:
             self._session = _session(path, providers or ["CPUExecutionProvider"], threads)
         except ModelError:  # a damaged cache file (torn copy, bad disk): build it afresh
-            _write_atomic(path, build_resnet_graph(dat.read_bytes()).SerializeToString())
+            write_atomic(path, build_resnet_graph(dat.read_bytes()).SerializeToString())
             self._session = _session(path, providers or ["CPUExecutionProvider"], threads)
         self.onnx_path = path
 
@@ -148,18 +147,3 @@ class FlipAveraged:
         n = len(chips)
         both = self.inner.describe(np.concatenate([chips, chips[:, :, ::-1]]))
         return (both[:n] + both[n:]) / 2.0
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write beside the target and rename, so a crash or a second process never sees half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
