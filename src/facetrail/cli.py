@@ -128,16 +128,18 @@ def enrol(
             on_total=total,
             progress=lambda _: advance(1),
         )
-    if as_json:
-        return _emit_json(report)
     summary = report.to_dict()
-    out.print(
-        f"enrolled {summary['enrolled']} image(s) into {len(summary['subjects'])} subject(s); "
-        f"{summary['duplicates']} already enrolled; {summary['skipped']} skipped"
-    )
-    for item in report.skipped:
-        out.print(f"  skipped {item.image}: {item.reason}")
-    if report.results and not report.enrolled and not summary["duplicates"]:
+    if as_json:
+        _emit_json(summary)
+    else:
+        out.print(
+            f"enrolled {summary['enrolled']} image(s) into {len(summary['subjects'])} "
+            f"subject(s); {summary['duplicates']} already enrolled; {summary['skipped']} skipped"
+        )
+        for item in report.skipped:
+            out.print(f"  skipped {item.image}: {item.reason}")
+    if not report.enrolled and not summary["duplicates"]:
+        err.print("error: no image could be enrolled")
         raise typer.Exit(4)
 
 
