@@ -23,6 +23,7 @@ from facetrail.store import (
     ExactIndex,
     FaceRecord,
     ImageRecord,
+    NewReference,
     Store,
     TemplateIndex,
     alembic_config,
@@ -264,6 +265,46 @@ def test_bad_input_is_refused_and_writes_nothing(store: Store) -> None:
             store.add_reference(reference=None, model=MODEL, **case)
     assert row_counts(store) == before
     assert store.generation() == 1
+
+
+def test_bulk_add_references_handles_each_request_alone(store: Store) -> None:
+    """One transaction for a batch: good requests are written, a refused one is reported
+    without stopping the others, and repeats (in the store or in the batch) are duplicates."""
+    rng = np.random.default_rng(11)
+    image_a, faces_a = make_reference(rng)
+    image_b, faces_b = make_reference(rng)
+    image_c, faces_c = make_reference(rng, n_faces=2)
+    store.add_reference(subject="kept", reference="R-1", image=image_a, faces=faces_a, model="m")
+    bad_face = FaceRecord((0.0, 0.0, 1.0, 1.0), [], 1.0, 1.0, None, np.zeros(3, np.float64))
+    requests = [
+        NewReference("kept", "R-1", image_a, tuple(faces_a)),  # already stored
+        NewReference("new", "N-1", image_b, tuple(faces_b)),  # new subject
+        NewReference("new", None, image_c, tuple(faces_c)),  # second image of it, two faces
+        NewReference("kept", "R-2", image_c, tuple(faces_c)),  # contradicts R-1
+        NewReference("new", "N-1", image_b, tuple(faces_b)),  # repeat within the batch
+        NewReference("broken", None, image_b, (bad_face,)),  # float64 descriptor
+    ]
+    before = store.generation()
+    out = store.add_references(requests, model="m")
+    assert [type(o).__name__ for o in out] == [
+        "AddedReference",
+        "AddedReference",
+        "AddedReference",
+        "InvalidInputError",
+        "AddedReference",
+        "InvalidInputError",
+    ]
+    assert out[0].duplicate and out[4].duplicate and out[4].image_id == out[1].image_id
+    assert out[1].created_subject and not out[2].created_subject
+    assert len(out[2].template_ids) == 2 and out[2].subject_id == out[1].subject_id
+    assert "reference number" in str(out[3])
+    assert store.generation() == before + 1
+    assert row_counts(store) == {"subjects": 2, "images": 3, "faces": 4, "templates": 4}
+    stored = store.templates("m")
+    by_id = dict(zip(stored.template_ids.tolist(), stored.vectors, strict=True))
+    assert by_id[out[2].template_ids[1]].tobytes() == faces_c[1].descriptor.tobytes()
+    assert {s.name: s.reference for s in store.subjects()} == {"kept": "R-1", "new": "N-1"}
+    assert len(store.index("m")) == 4
 
 
 def test_failed_transaction_leaves_nothing_and_sweep_removes_blobs(store: Store) -> None:

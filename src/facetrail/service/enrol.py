@@ -21,7 +21,7 @@ from PIL import Image
 from facetrail.errors import InvalidInputError, NoFaceError
 from facetrail.media import IMAGE_SUFFIXES, LoadedImage, load_image
 from facetrail.service.results import EnrolItemResult, EnrolReport
-from facetrail.store import FaceRecord, ImageRecord, Store
+from facetrail.store import FaceRecord, ImageRecord, NewReference, Store
 from facetrail.vision.compare import normalise
 from facetrail.vision.faces import Faces
 from facetrail.vision.pipeline import Analysed, FaceAnalyzer
@@ -180,37 +180,34 @@ def enrol(
 
 
 def _store_batch(
-    store: Store, model: str, batch: list[Analysed[EnrolItem]], encoders: ThreadPoolExecutor
+    store: Store, model: str, batch: list[Analysed[EnrolItem]], pngs: ThreadPoolExecutor
 ) -> list[EnrolItemResult]:
-    """Write a batch of analysed references in one transaction (one commit, one fsync);
-    a reference the store refuses (a contradicting reference number) is skipped alone."""
+    """Write a batch of analysed references in one transaction with bulk inserts (one commit,
+    one fsync); a reference the store refuses (a contradicting reference number) is skipped
+    alone."""
     ok = [r for r in batch if r.error is None]
-    records = dict(zip(map(id, ok), encoders.map(_face_record, ok), strict=True))
+    faces = list(pngs.map(_face_record, ok))
+    requests = [
+        NewReference(r.item.subject, r.item.reference, _image_record(r.extra), (face,))  # type: ignore[arg-type]
+        for r, face in zip(ok, faces, strict=True)
+    ]
+    added = iter(store.add_references(requests, model=model) if requests else [])
+    qualities = iter(faces)
     outcomes = []
-    with store.session() as session:
-        for result in batch:
-            item = result.item
-            if result.error is not None:
-                reason = reason_of(result.error)
-                outcomes.append(EnrolItemResult(item.subject, str(item.path), "skipped", reason))
-                continue
-            face = records[id(result)]
-            try:
-                added = store.add_reference(
-                    subject=item.subject,
-                    reference=item.reference,
-                    image=_image_record(result.extra),  # type: ignore[arg-type]
-                    faces=[face],
-                    model=model,
-                    session=session,
-                )
-            except InvalidInputError as exc:
-                outcomes.append(EnrolItemResult(item.subject, str(item.path), "skipped", str(exc)))
-                continue
-            status = "duplicate" if added.duplicate else "enrolled"
-            reason = "image already enrolled for this subject" if added.duplicate else None
-            quality = round(face.quality, 4)
-            outcomes.append(EnrolItemResult(item.subject, str(item.path), status, reason, quality))
+    for result in batch:
+        item = result.item
+        where = (item.subject, str(item.path))
+        if result.error is not None:
+            outcomes.append(EnrolItemResult(*where, "skipped", reason_of(result.error)))
+            continue
+        outcome, quality = next(added), round(next(qualities).quality, 4)
+        if isinstance(outcome, InvalidInputError):
+            outcomes.append(EnrolItemResult(*where, "skipped", str(outcome)))
+        elif outcome.duplicate:
+            reason = "image already enrolled for this subject"
+            outcomes.append(EnrolItemResult(*where, "duplicate", reason, quality))
+        else:
+            outcomes.append(EnrolItemResult(*where, "enrolled", None, quality))
     return outcomes
 
 

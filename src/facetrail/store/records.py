@@ -42,6 +42,16 @@ class FaceRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class NewReference:
+    """One reference image to enrol: the subject it shows, its image and its faces."""
+
+    subject: str
+    reference: str | None
+    image: ImageRecord
+    faces: tuple[FaceRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AddedReference:
     """What `Store.add_reference` did; `duplicate` means the image was already enrolled."""
 

@@ -32,6 +32,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    insert,
     or_,
     select,
     update,
@@ -50,6 +51,7 @@ from facetrail.store.models import (
     StoreState,
     Subject,
     Template,
+    utcnow,
 )
 from facetrail.store.records import (
     AddedReference,
@@ -58,6 +60,7 @@ from facetrail.store.records import (
     FaceRecord,
     ImageDetail,
     ImageRecord,
+    NewReference,
     SubjectDetail,
     SubjectSummary,
     TemplateMatrix,
@@ -246,6 +249,16 @@ def _check_image(image: ImageRecord) -> None:
     for what, v in (("width", image.width), ("height", image.height)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v <= 0:
             raise InvalidInputError(f"image {what} must be a positive integer")
+
+
+def _insert_ids(
+    s: Session, model: type[Subject | Image | Face | Template], rows: list[dict]
+) -> list[int]:
+    """Insert rows in one statement and return their new ids, in the rows' order."""
+    if not rows:
+        return []
+    stmt = insert(model).returning(model.id, sort_by_parameter_order=True)
+    return [int(row[0]) for row in s.execute(stmt, rows)]
 
 
 def _to_le_bytes(vector: np.ndarray) -> bytes:
@@ -478,131 +491,242 @@ class Store:
         the write transaction, before it commits: a failed transaction can leave blobs but
         never rows pointing at missing blobs, and `sweep_blobs` removes the leftovers.
         """
-        _check_text(subject, "subject name", _MAX_NAME)
-        if reference is not None:
-            _check_text(reference, "reference number", _MAX_REFERENCE)
+        request = NewReference(subject, reference, image, tuple(faces))
+        (outcome,) = self.add_references([request], model=model, session=session)
+        if isinstance(outcome, InvalidInputError):
+            raise outcome
+        return outcome
+
+    def add_references(
+        self, requests: Sequence[NewReference], *, model: str, session: Session | None = None
+    ) -> list[AddedReference | InvalidInputError]:
+        """Enrol many references in one transaction, with bulk inserts.
+
+        Each request comes back as its `AddedReference`, or as the `InvalidInputError` that
+        refused it alone (a bad record, a reference number contradicting its subject's, a
+        descriptor length unlike the model's); the others are still written. Errors of the
+        store itself (a full disk) abort the whole transaction.
+        """
         _check_text(model, "model", _MAX_MODEL)
-        _check_image(image)
-        prepared = [_prepare_face(f) for f in faces]
-        dims = {p.vector.shape[0] for p in prepared}
-        if len(dims) > 1:
-            raise InvalidInputError("descriptors of one reference must have one length")
-        dim = dims.pop() if dims else 0
+        outcomes: list[AddedReference | InvalidInputError | None] = [None] * len(requests)
+        valid: list[tuple[int, NewReference, list[_PreparedFace], int]] = []
+        for i, req in enumerate(requests):
+            try:
+                _check_text(req.subject, "subject name", _MAX_NAME)
+                if req.reference is not None:
+                    _check_text(req.reference, "reference number", _MAX_REFERENCE)
+                _check_image(req.image)
+                prepared = [_prepare_face(f) for f in req.faces]
+                dims = {p.vector.shape[0] for p in prepared}
+                if len(dims) > 1:
+                    raise InvalidInputError("descriptors of one reference must have one length")
+                valid.append((i, req, prepared, dims.pop() if dims else 0))
+            except InvalidInputError as e:
+                outcomes[i] = e
 
         with self._write(session) as s:
-            if dim:
-                stored_dim = s.scalar(select(Template.dim).where(Template.model == model).limit(1))
-                if stored_dim is not None and stored_dim != dim:
-                    raise InvalidInputError(
-                        f"model {model!r} has {stored_dim}-d templates, not {dim}-d"
+            model_dim = s.scalar(select(Template.dim).where(Template.model == model).limit(1))
+            subjects = self._subjects_by_name(s, {req.subject for _, req, _, _ in valid})
+            new_subjects: dict[str, str | None] = {}
+            accepted: list[tuple[int, NewReference, list[_PreparedFace], int]] = []
+            for i, req, prepared, dim in valid:
+                known = subjects.get(req.subject)
+                stored_ref = known[1] if known else new_subjects.get(req.subject)
+                if dim and model_dim is not None and dim != model_dim:
+                    outcomes[i] = InvalidInputError(
+                        f"model {model!r} has {model_dim}-d templates, not {dim}-d"
                     )
-            subj = s.scalar(select(Subject).where(Subject.name == subject))
-            created = subj is None
-            if subj is None:
-                subj = Subject(name=subject, reference=reference)
-                s.add(subj)
-                s.flush()
-            elif reference is not None:
-                if subj.reference is None:
-                    subj.reference = reference
-                elif subj.reference != reference:
-                    raise InvalidInputError(
-                        f"subject {subject!r} already has a different reference number"
+                elif req.reference and stored_ref and stored_ref != req.reference:
+                    outcomes[i] = InvalidInputError(
+                        f"subject {req.subject!r} already has a different reference number"
                     )
-
-            existing = s.scalar(
-                select(Image).where(Image.subject_id == subj.id, Image.sha256 == image.sha256)
-            )
-            if existing is not None:
-                face_ids = tuple(
-                    s.scalars(select(Face.id).where(Face.image_id == existing.id).order_by(Face.id))
-                )
-                template_ids = tuple(
-                    s.scalars(
-                        select(Template.id)
-                        .join(Face, Template.face_id == Face.id)
-                        .where(Face.image_id == existing.id)
-                        .order_by(Template.id)
-                    )
-                )
-                return AddedReference(
-                    subject_id=subj.id,
-                    subject=subj.name,
-                    image_id=existing.id,
-                    face_ids=face_ids,
-                    template_ids=template_ids,
-                    duplicate=True,
-                    created_subject=False,
-                    generation=self._read_generation(s),
-                )
-
-            try:
-                self.blobs.put(bytes(image.data), expect=image.sha256)
-                chip_shas = [
-                    self.blobs.put(p.chip_png) if p.chip_png is not None else None for p in prepared
+                else:
+                    model_dim = model_dim if model_dim is not None or not dim else dim
+                    if known is None:
+                        new_subjects[req.subject] = stored_ref or req.reference
+                    elif known[1] is None and req.reference:
+                        subjects[req.subject] = (known[0], req.reference)
+                        s.execute(
+                            update(Subject)
+                            .where(Subject.id == known[0])
+                            .values(reference=req.reference)
+                        )
+                    accepted.append((i, req, prepared, dim))
+            created = set(new_subjects)
+            if new_subjects:
+                rows = [
+                    {"name": n, "reference": r, "created_at": utcnow()}
+                    for n, r in new_subjects.items()
                 ]
-            except OSError as e:
-                raise StoreError(f"cannot write to the blob store: {e.strerror}") from None
+                ids = _insert_ids(s, Subject, rows)
+                for (name, ref), sid in zip(new_subjects.items(), ids, strict=True):
+                    subjects[name] = (sid, ref)
 
-            img = Image(
-                subject_id=subj.id,
-                sha256=image.sha256,
-                name=image.name,
-                format=image.format,
-                width=int(image.width),
-                height=int(image.height),
-            )
-            s.add(img)
-            s.flush()
-            face_rows = [
-                Face(
-                    image_id=img.id,
-                    x1=p.box[0],
-                    y1=p.box[1],
-                    x2=p.box[2],
-                    y2=p.box[3],
-                    landmarks=p.landmarks,
-                    detector_score=p.detector_score,
-                    quality=p.quality,
-                    chip_sha256=chip,
-                )
-                for p, chip in zip(prepared, chip_shas, strict=True)
-            ]
-            s.add_all(face_rows)
-            s.flush()
-            template_rows = [
-                Template(
-                    face_id=f.id,
-                    subject_id=subj.id,
-                    model=model,
-                    dim=dim,
-                    vector=_to_le_bytes(p.vector),
-                )
-                for f, p in zip(face_rows, prepared, strict=True)
-            ]
-            s.add_all(template_rows)
-            s.flush()
+            enrolled = self._enrolled_images(s, {req.image.sha256 for _, req, _, _ in accepted})
+            fresh: list[tuple[int, NewReference, list[_PreparedFace], int, int]] = []
+            for i, req, prepared, dim in accepted:
+                sid = subjects[req.subject][0]
+                image_id = enrolled.get((sid, req.image.sha256))
+                if image_id is not None and image_id >= 0:
+                    outcomes[i] = self._duplicate(s, req.subject, sid, image_id)
+                elif image_id is None:
+                    enrolled[(sid, req.image.sha256)] = -1 - i  # a repeat within this batch
+                    fresh.append((i, req, prepared, dim, sid))
+            outcomes_fresh = self._insert_references(s, fresh, model, created)
+            for i, outcome in outcomes_fresh:
+                outcomes[i] = outcome
+            for i, req, _, _ in accepted:  # repeats of an image earlier in this batch
+                if outcomes[i] is None:
+                    sid = subjects[req.subject][0]
+                    first = outcomes[-1 - enrolled[(sid, req.image.sha256)]]
+                    assert isinstance(first, AddedReference)
+                    outcomes[i] = self._duplicate(s, req.subject, sid, first.image_id)
+        return [o for o in outcomes if o is not None]
 
-            template_ids = tuple(t.id for t in template_rows)
-            if template_rows:
-                old, generation = self._bump_generation(s)
-                ids = np.asarray(template_ids, dtype=np.int64)
-                vectors = np.stack([p.vector for p in prepared]).astype(np.float32, copy=False)
-                self._after_commit(
-                    s, lambda: self._index_changed(old, generation, model, (ids, vectors), None)
+    def _insert_references(
+        self,
+        s: Session,
+        fresh: list[tuple[int, NewReference, list[_PreparedFace], int, int]],
+        model: str,
+        created: set[str],
+    ) -> list[tuple[int, AddedReference]]:
+        if not fresh:
+            return []
+        try:
+            for _, req, _, _, _ in fresh:
+                self.blobs.put(bytes(req.image.data), expect=req.image.sha256)
+            chips = [
+                [self.blobs.put(p.chip_png) if p.chip_png is not None else None for p in prepared]
+                for _, _, prepared, _, _ in fresh
+            ]
+        except OSError as e:
+            raise StoreError(f"cannot write to the blob store: {e.strerror}") from None
+        now = utcnow()
+        image_ids = _insert_ids(
+            s,
+            Image,
+            [
+                {
+                    "subject_id": sid,
+                    "sha256": req.image.sha256,
+                    "name": req.image.name,
+                    "format": req.image.format,
+                    "width": int(req.image.width),
+                    "height": int(req.image.height),
+                    "created_at": now,
+                }
+                for _, req, _, _, sid in fresh
+            ],
+        )
+        face_rows = [
+            {
+                "image_id": image_id,
+                "x1": p.box[0],
+                "y1": p.box[1],
+                "x2": p.box[2],
+                "y2": p.box[3],
+                "landmarks": p.landmarks,
+                "detector_score": p.detector_score,
+                "quality": p.quality,
+                "chip_sha256": chip,
+            }
+            for (_, _, prepared, _, _), image_id, shas in zip(fresh, image_ids, chips, strict=True)
+            for p, chip in zip(prepared, shas, strict=True)
+        ]
+        face_ids = _insert_ids(s, Face, face_rows)
+        template_rows, vectors, per_ref = [], [], []
+        at = 0
+        for _, _, prepared, dim, sid in fresh:
+            ids = face_ids[at : at + len(prepared)]
+            at += len(prepared)
+            per_ref.append(ids)
+            for fid, p in zip(ids, prepared, strict=True):
+                template_rows.append(
+                    {
+                        "face_id": fid,
+                        "subject_id": sid,
+                        "model": model,
+                        "dim": dim,
+                        "vector": _to_le_bytes(p.vector),
+                    }
                 )
-            else:
-                generation = self._read_generation(s)
-            return AddedReference(
-                subject_id=subj.id,
-                subject=subj.name,
-                image_id=img.id,
-                face_ids=tuple(f.id for f in face_rows),
-                template_ids=template_ids,
-                duplicate=False,
-                created_subject=created,
-                generation=generation,
+                vectors.append(p.vector)
+        template_ids = _insert_ids(s, Template, template_rows)
+        if template_ids:
+            old, generation = self._bump_generation(s)
+            ids_array = np.asarray(template_ids, dtype=np.int64)
+            matrix = np.stack(vectors).astype(np.float32, copy=False)
+            self._after_commit(
+                s, lambda: self._index_changed(old, generation, model, (ids_array, matrix), None)
             )
+        else:
+            generation = self._read_generation(s)
+        out, at = [], 0
+        for (i, req, _, _, sid), image_id, ids in zip(fresh, image_ids, per_ref, strict=True):
+            tids = tuple(template_ids[at : at + len(ids)])
+            at += len(ids)
+            out.append(
+                (
+                    i,
+                    AddedReference(
+                        subject_id=sid,
+                        subject=req.subject,
+                        image_id=image_id,
+                        face_ids=tuple(ids),
+                        template_ids=tids,
+                        duplicate=False,
+                        created_subject=req.subject in created,
+                        generation=generation,
+                    ),
+                )
+            )
+            created.discard(req.subject)  # only the first image of a new subject created it
+        return out
+
+    def _subjects_by_name(self, s: Session, names: set[str]) -> dict[str, tuple[int, str | None]]:
+        found: dict[str, tuple[int, str | None]] = {}
+        wanted = sorted(names)
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            stmt = select(Subject.id, Subject.name, Subject.reference).where(
+                Subject.name.in_(chunk)
+            )
+            found.update((name, (int(sid), ref)) for sid, name, ref in s.execute(stmt))
+        return found
+
+    def _enrolled_images(self, s: Session, shas: set[str]) -> dict[tuple[int, str], int]:
+        """(subject id, sha256) -> image id, for images with these hashes already stored."""
+        found: dict[tuple[int, str], int] = {}
+        wanted = sorted(shas)
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            stmt = select(Image.id, Image.subject_id, Image.sha256).where(Image.sha256.in_(chunk))
+            found.update(((int(sid), sha), int(iid)) for iid, sid, sha in s.execute(stmt))
+        return found
+
+    def _duplicate(self, s: Session, subject: str, sid: int, image_id: int) -> AddedReference:
+        """The outcome of enrolling an image that is already enrolled for this subject."""
+        face_ids = tuple(
+            s.scalars(select(Face.id).where(Face.image_id == image_id).order_by(Face.id))
+        )
+        template_ids = tuple(
+            s.scalars(
+                select(Template.id)
+                .join(Face, Template.face_id == Face.id)
+                .where(Face.image_id == image_id)
+                .order_by(Template.id)
+            )
+        )
+        return AddedReference(
+            subject_id=sid,
+            subject=subject,
+            image_id=image_id,
+            face_ids=face_ids,
+            template_ids=template_ids,
+            duplicate=True,
+            created_subject=False,
+            generation=self._read_generation(s),
+        )
 
     def erase_subject(self, name: str, *, session: Session | None = None) -> ErasureReport:
         """Erase a subject completely: rows, blobs, index entries, and WAL copies.
