@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facetrail.errors import FacetrailError, NoFaceError
+from facetrail.errors import NoFaceError
 from facetrail.media import LoadedImage, load_image
 from facetrail.service.enrol import reason_of
 from facetrail.service.results import (
@@ -26,7 +26,7 @@ from facetrail.service.results import (
 )
 from facetrail.store import Store
 from facetrail.vision.calibration import Calibration
-from facetrail.vision.compare import normalise
+from facetrail.vision.compare import normalise, similarity
 from facetrail.vision.faces import Faces
 from facetrail.vision.pipeline import FaceAnalyzer
 
@@ -198,7 +198,7 @@ def verify(
         described.append((loaded, main, len(faces)))
     (la, fa, _), (lb, fb, _) = described
     assert fa.descriptors is not None and fb.descriptors is not None
-    score = float((normalise(fa.descriptors) * normalise(fb.descriptors)).sum())
+    score = float(similarity(fa.descriptors, fb.descriptors)[0])
     fmr = scoring.fmr(np.array([score]))
     return VerifyReport(
         model=analyzer.model_id,
@@ -214,6 +214,3 @@ def verify(
 
 def all_failed(report: SearchReport) -> bool:
     return bool(report.probes) and all(p.error is not None for p in report.probes)
-
-
-__all__ = ["FacetrailError", "Scoring", "all_failed", "rank_candidates", "search", "verify"]

@@ -1,4 +1,4 @@
-"""Scores between descriptors: cosine similarity, computed as one matrix product.
+"""Scores between descriptors: cosine similarity of unit vectors.
 
 Cosine similarity in [-1, 1], higher meaning more alike, is the score everywhere in facetrail
 (calibration, thresholds, search). On LFW it separates the dlib descriptors at least as well
@@ -20,8 +20,3 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
 def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of two (n, d) arrays."""
     return (normalise(a) * normalise(b)).sum(axis=-1)
-
-
-def similarity_matrix(probes: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-    """(m, n) cosine similarities of every probe with every gallery vector."""
-    return normalise(probes) @ normalise(gallery).T
