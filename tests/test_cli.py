@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,8 @@ def test_verify_matches_and_rejects(gallery: Path, shared_data: Path) -> None:
 def test_subjects_and_subject(gallery: Path) -> None:
     listing = run_json(gallery, "subjects")["subjects"]
     assert {s["name"]: s["images"] for s in listing}["obama"] == 2
+    enrolled_at = datetime.fromisoformat(listing[0]["created_at"])  # ISO 8601, in UTC
+    assert "T" in listing[0]["created_at"] and enrolled_at.utcoffset() == timedelta(0)
     detail = run_json(gallery, "subject", "biden")
     assert detail["name"] == "biden" and len(detail["images"]) == 2
     assert all(len(img["sha256"]) == 64 and img["faces"] for img in detail["images"])

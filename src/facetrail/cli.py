@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -60,8 +61,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()  # ISO 8601 with its UTC offset
+    return str(value)
+
+
 def _emit_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(_jsonable(value), indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(_jsonable(value), indent=2, default=_json_default) + "\n")
 
 
 @contextmanager
