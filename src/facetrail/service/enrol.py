@@ -147,9 +147,11 @@ def enrol(
 ) -> EnrolReport:
     report = EnrolReport(model=analyzer.model_id)
 
-    def prepare(item: EnrolItem) -> tuple[np.ndarray, LoadedImage]:
+    def prepare(item: EnrolItem) -> tuple[np.ndarray, ImageRecord]:
+        # Keep the file's bytes and facts for the store, not its pixels: the pipeline holds
+        # many images in flight, and pixels are only needed until the faces are found.
         loaded = load_image(item.path, max_pixels=max_pixels, max_bytes=max_bytes)
-        return loaded.pixels, loaded
+        return loaded.pixels, _image_record(loaded)
 
     def select(faces: Faces, pixels: np.ndarray) -> Faces:
         return reference_face(faces, min_quality)
@@ -188,7 +190,7 @@ def _store_batch(
     ok = [r for r in batch if r.error is None]
     faces = list(pngs.map(_face_record, ok))
     requests = [
-        NewReference(r.item.subject, r.item.reference, _image_record(r.extra), (face,))  # type: ignore[arg-type]
+        NewReference(r.item.subject, r.item.reference, r.extra, (face,))  # type: ignore[arg-type]
         for r, face in zip(ok, faces, strict=True)
     ]
     added = iter(store.add_references(requests, model=model) if requests else [])

@@ -68,8 +68,21 @@ def _face_results(faces: Faces) -> list[FaceResult]:
     ]
 
 
+@dataclass(frozen=True)
+class _ProbeImage:
+    """What a result says of its image; the pixels themselves are let go after detection."""
+
+    sha256: str
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, loaded: LoadedImage) -> _ProbeImage:
+        return cls(loaded.sha256, loaded.width, loaded.height)
+
+
 def _probe(
-    name: str, loaded: LoadedImage | None, faces: list[FaceResult], error: str | None = None
+    name: str, loaded: _ProbeImage | None, faces: list[FaceResult], error: str | None = None
 ) -> ProbeResult:
     return ProbeResult(
         probe=name,
@@ -144,9 +157,9 @@ def search(
 ) -> SearchReport:
     model = analyzer.model_id
 
-    def prepare(path: Path) -> tuple[np.ndarray, LoadedImage]:
+    def prepare(path: Path) -> tuple[np.ndarray, _ProbeImage]:
         loaded = load_image(path, max_pixels=max_pixels, max_bytes=max_bytes)
-        return loaded.pixels, loaded
+        return loaded.pixels, _ProbeImage.of(loaded)
 
     results = []
     for result in analyzer.stream(list(probes), prepare, mode="thorough"):
@@ -195,7 +208,7 @@ def verify(
         if len(faces) == 0:
             raise NoFaceError(f"{loaded.name}: no face found")
         main = faces.select([int(np.argmax(faces.widths))])
-        described.append((loaded, main, len(faces)))
+        described.append((_ProbeImage.of(loaded), main, len(faces)))
     (la, fa, _), (lb, fb, _) = described
     assert fa.descriptors is not None and fb.descriptors is not None
     score = float(similarity(fa.descriptors, fb.descriptors)[0])
