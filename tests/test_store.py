@@ -106,10 +106,10 @@ def test_open_creates_layout_schema_and_pragmas(store: Store) -> None:
     assert (data_dir / "facetrail.db").is_file()
     assert (data_dir / ".lock").is_file()
     tables = set(inspect(store.engine).get_table_names())
-    assert {"subjects", "images", "faces", "templates", "store_state", "alembic_version"} <= tables
+    assert {"subjects", "images", "faces", "templates", "store_state", "audit_events"} <= tables
     assert store.generation() == 0
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
         assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
         assert conn.execute(text("PRAGMA secure_delete")).scalar_one() == 1

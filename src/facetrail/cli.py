@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +35,8 @@ app = typer.Typer(
 )
 eval_app = typer.Typer(help="Measure accuracy on labelled data.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 out = Console(highlight=False, soft_wrap=True, markup=False)  # names are data, not markup
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
@@ -296,7 +298,7 @@ def erase(
         return _emit_json(report)
     out.print(
         f"erased {name}: {report.images} image(s), {report.faces} face(s), "
-        f"{report.templates} template(s), {report.blobs} stored file(s)"
+        f"{report.templates} template(s), and the stored files nothing else refers to"
     )
 
 
@@ -333,6 +335,41 @@ def eval_lfw(
     )
     if calibrate:
         out.print(f"calibration saved for {report.model}")
+
+
+@audit_app.command("verify")
+def audit_verify(data: DataOpt = None, as_json: JsonOpt = False) -> None:
+    """Check the audit trail's hash chain; name the first broken link."""
+    with _session(data, as_json) as ft:
+        report = ft.verify_audit()
+    if as_json:
+        _emit_json(report)
+    elif report.ok:
+        out.print(f"audit trail intact: {report.events} event(s)")
+    if not report.ok:
+        err.print(f"error: audit trail broken at event {report.first_broken}: {report.problem}")
+        raise typer.Exit(8)
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[
+        datetime | None, typer.Option(help="Only events at or after this time (ISO 8601).")
+    ] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write JSON lines here.")] = None,
+    data: DataOpt = None,
+) -> None:
+    """Write the audit events as JSON lines (stdout, or --out FILE) for an outside archive."""
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)  # times without a zone are taken as UTC
+    with _session(data, False) as ft:
+        events = ft.export_audit(since)
+    lines = "".join(json.dumps(e, sort_keys=True) + "\n" for e in events)
+    if out_file is None:
+        sys.stdout.write(lines)
+    else:
+        out_file.write_text(lines)
+        err.print(f"wrote {len(events)} event(s) to {out_file}")
 
 
 @app.command()

@@ -3,6 +3,7 @@ environment variables, then command-line flags) and passed down to every layer."
 
 from __future__ import annotations
 
+import getpass
 import os
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,14 @@ from typing import Literal
 from platformdirs import user_data_dir
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_actor() -> str:
+    """Who the audit trail names until users and log-in exist: the local account."""
+    try:
+        return f"local:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (containers)
+        return f"local:uid-{os.getuid()}"
 
 
 def default_data_dir() -> Path:
@@ -20,6 +29,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACETRAIL_", extra="ignore")
 
     data: Path = Field(default_factory=default_data_dir, description="data directory")
+    actor: str = Field(default_factory=default_actor, min_length=1, max_length=200)
 
     # Media limits: decoded pixels above this are refused (decompression bombs, 100 MP images).
     max_image_pixels: int = 50_000_000

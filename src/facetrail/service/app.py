@@ -8,6 +8,7 @@ first use, so listing subjects or erasing one does not pay for the descriptor ne
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -23,7 +24,14 @@ from facetrail.service.results import (
     SearchReport,
     VerifyReport,
 )
-from facetrail.store import ErasureReport, Store, SubjectDetail, SubjectSummary
+from facetrail.store import (
+    AuditRecord,
+    ChainReport,
+    ErasureReport,
+    Store,
+    SubjectDetail,
+    SubjectSummary,
+)
 from facetrail.vision.calibration import Calibration, calibration_file, find_calibration
 from facetrail.vision.pipeline import FaceAnalyzer
 
@@ -91,6 +99,7 @@ class Facetrail:
             max_pixels=self.settings.max_image_pixels,
             max_bytes=self.settings.max_file_bytes,
             min_quality=self.settings.min_quality,
+            actor=self.settings.actor,
             progress=progress,
         )
 
@@ -101,13 +110,39 @@ class Facetrail:
         return self.store.subject(name)
 
     def erase(self, name: str) -> ErasureReport:
-        return self.store.erase_subject(name)
+        """Erase a subject completely; the audit keeps that it happened (ids and counts)."""
+        with self.store.session() as session:
+            report = self.store.erase_subject(name, session=session)
+            counts = {"images": report.images, "faces": report.faces, "templates": report.templates}
+            event = AuditRecord(
+                self.settings.actor, "erase", "subject", [report.subject_id], None, counts
+            )
+            self.store.audit(event, session=session)
+        return report
+
+    def verify_audit(self) -> ChainReport:
+        return self.store.verify_audit()
+
+    def export_audit(self, since: datetime | None = None) -> list[dict]:
+        return self.store.export_audit(since)
+
+    def _audit_read(self, action: str, report: SearchReport | VerifyReport) -> None:
+        """Searches and comparisons read biometric data: record which inputs, by hash."""
+        probes = [report.a, report.b] if isinstance(report, VerifyReport) else report.probes
+        details: dict = {"model": report.model, "threshold": report.threshold}
+        if isinstance(report, VerifyReport):
+            details["match"] = report.match
+        else:
+            details["faces"] = sum(len(p.faces) for p in probes)
+            details["candidates"] = sum(len(f.candidates) for p in probes for f in p.faces)
+        hashes = [p.sha256 for p in probes if p.sha256]
+        self.store.audit(AuditRecord(self.settings.actor, action, "probe", hashes, None, details))
 
     # -- comparison ------------------------------------------------------------------------
     def verify(
         self, a: str | Path, b: str | Path, *, threshold: float | None = None
     ) -> VerifyReport:
-        return searching.verify(
+        report = searching.verify(
             self.analyzer,
             Path(a),
             Path(b),
@@ -115,6 +150,8 @@ class Facetrail:
             max_pixels=self.settings.max_image_pixels,
             max_bytes=self.settings.max_file_bytes,
         )
+        self._audit_read("verify", report)
+        return report
 
     def search(
         self,
@@ -128,7 +165,7 @@ class Facetrail:
         k = top_k or self.settings.top_k
         if k < 1:
             raise InvalidInputError("top-k must be at least 1")
-        return searching.search(
+        report = searching.search(
             self.store,
             self.analyzer,
             [Path(p) for p in probes],
@@ -139,6 +176,8 @@ class Facetrail:
             max_bytes=self.settings.max_file_bytes,
             progress=progress,
         )
+        self._audit_read("search", report)
+        return report
 
     # -- evaluation ------------------------------------------------------------------------
     def eval_lfw(

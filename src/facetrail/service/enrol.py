@@ -21,7 +21,14 @@ from PIL import Image
 from facetrail.errors import InvalidInputError, NoFaceError
 from facetrail.media import IMAGE_SUFFIXES, LoadedImage, load_image
 from facetrail.service.results import EnrolItemResult, EnrolReport
-from facetrail.store import FaceRecord, ImageRecord, NewReference, Store
+from facetrail.store import (
+    AddedReference,
+    AuditRecord,
+    FaceRecord,
+    ImageRecord,
+    NewReference,
+    Store,
+)
 from facetrail.vision.compare import normalise
 from facetrail.vision.faces import Faces
 from facetrail.vision.pipeline import Analysed, FaceAnalyzer
@@ -143,6 +150,7 @@ def enrol(
     max_pixels: int,
     max_bytes: int,
     min_quality: float,
+    actor: str,
     progress: Callable[[EnrolItemResult], None] | None = None,
 ) -> EnrolReport:
     report = EnrolReport(model=analyzer.model_id)
@@ -173,16 +181,20 @@ def enrol(
             if len(batch) >= WRITE_BATCH:
                 if writing is not None:
                     record(writing.result())
-                writing = writer.submit(_store_batch, store, model, batch, pngs)
+                writing = writer.submit(_store_batch, store, model, actor, batch, pngs)
                 batch = []
         if writing is not None:
             record(writing.result())
-        record(_store_batch(store, model, batch, pngs))
+        record(_store_batch(store, model, actor, batch, pngs))
     return report
 
 
 def _store_batch(
-    store: Store, model: str, batch: list[Analysed[EnrolItem]], pngs: ThreadPoolExecutor
+    store: Store,
+    model: str,
+    actor: str,
+    batch: list[Analysed[EnrolItem]],
+    pngs: ThreadPoolExecutor,
 ) -> list[EnrolItemResult]:
     """Write a batch of analysed references in one transaction with bulk inserts (one commit,
     one fsync); a reference the store refuses (a contradicting reference number) is skipped
@@ -193,7 +205,23 @@ def _store_batch(
         NewReference(r.item.subject, r.item.reference, r.extra, (face,))  # type: ignore[arg-type]
         for r, face in zip(ok, faces, strict=True)
     ]
-    added = iter(store.add_references(requests, model=model) if requests else [])
+    with store.session() as session:
+        stored = store.add_references(requests, model=model, session=session) if requests else []
+        enrolled = [o for o in stored if isinstance(o, AddedReference) and not o.duplicate]
+        if enrolled:  # the references and their audit event commit together
+            event = AuditRecord(
+                actor,
+                "enrol",
+                "image",
+                [o.image_id for o in enrolled],
+                details={
+                    "subjects": sorted({o.subject for o in enrolled}),
+                    "templates": sum(len(o.template_ids) for o in enrolled),
+                    "model": model,
+                },
+            )
+            store.audit(event, session=session)
+    added = iter(stored)
     qualities = iter(faces)
     outcomes = []
     for result in batch:

@@ -5,6 +5,7 @@ Knows nothing about users, roles or policy; the service layer calls it.
 
 from __future__ import annotations
 
+from facetrail.store.audit import AuditRecord, ChainReport
 from facetrail.store.blobs import BlobStore
 from facetrail.store.index import ExactIndex, TemplateIndex
 from facetrail.store.records import (
@@ -24,7 +25,9 @@ from facetrail.store.store import SQLITE_PRAGMAS, Store, alembic_config
 __all__ = [
     "SQLITE_PRAGMAS",
     "AddedReference",
+    "AuditRecord",
     "BlobStore",
+    "ChainReport",
     "ErasureReport",
     "ExactIndex",
     "FaceDetail",

@@ -172,3 +172,26 @@ class StoreState(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class AuditEvent(Base):
+    """One entry of the append-only audit trail, chained to the one before by SHA-256.
+
+    `seq` counts from 1 without gaps; `hash` covers this event's fields and the previous
+    event's hash, so editing, deleting, inserting or reordering rows breaks the chain.
+    Events name objects by id and hash, never carry an image or a descriptor.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = _TABLE_ARGS
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    actor: Mapped[str] = mapped_column(String(200), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    object_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    object_ids: Mapped[list[Any]] = mapped_column(JSON, nullable=False)
+    reason: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)

@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from facetrail.errors import InvalidInputError, NotFoundError, StoreError
+from facetrail.store import audit
+from facetrail.store.audit import AuditRecord, ChainReport
 from facetrail.store.blobs import BlobStore, check_sha256
 from facetrail.store.index import ExactIndex
 from facetrail.store.models import (
@@ -1006,6 +1009,21 @@ class Store:
                 ).where(Template.model == model)
             ).one()
         return int(row[0]), int(row[1])
+
+    # ----------------------------------------------------------------- audit
+
+    def audit(self, record: AuditRecord, *, session: Session | None = None) -> int:
+        """Append an audit event; pass the action's session so both commit together."""
+        with self._write(session) as s:
+            return audit.append(s, record)
+
+    def verify_audit(self) -> ChainReport:
+        with self.session(write=False) as s:
+            return audit.verify(s)
+
+    def export_audit(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        with self.session(write=False) as s:
+            return list(audit.export(s, since))
 
     # ----------------------------------------------------------------- index
 

@@ -1,0 +1,149 @@
+"""The audit trail: append-only events, each chained to the one before by SHA-256.
+
+An event's hash covers its own fields (sequence number and time included) and the previous
+event's hash, so editing, deleting, inserting or reordering a row breaks the chain at that
+point. The sequence number of the newest event is also kept in `store_state`, so cutting
+events off the end is caught too (unless the same hand edits that row as well: the export,
+kept outside, is the answer to that). Appending happens inside the caller's write transaction,
+so an action and its event commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from facetrail.errors import InvalidInputError, StoreError
+from facetrail.store.models import AuditEvent, StoreState, utcnow
+
+GENESIS = "0" * 64
+HEAD_KEY = "audit_head"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """What happened: who did which action to which objects, and why. No biometric data."""
+
+    actor: str
+    action: str
+    object_type: str | None = None
+    object_ids: list[Any] = field(default_factory=list)
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    events: int
+    first_broken: int | None = None  # sequence number of the first event that fails
+    problem: str | None = None
+
+
+def _digest(prev_hash: str, seq: int, at: datetime, record: AuditRecord) -> str:
+    body = {
+        "seq": seq,
+        "at": at.isoformat(),
+        "actor": record.actor,
+        "action": record.action,
+        "object_type": record.object_type,
+        "object_ids": record.object_ids,
+        "reason": record.reason,
+        "details": record.details,
+    }
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
+
+
+def _head(s: Session) -> int:
+    value = s.scalar(select(StoreState.value).where(StoreState.key == HEAD_KEY))
+    return int(value) if value is not None else 0
+
+
+def append(s: Session, record: AuditRecord) -> int:
+    """Add `record` to the chain in the caller's (write) transaction; returns its sequence."""
+    if not record.actor or not record.action:
+        raise InvalidInputError("an audit event needs an actor and an action")
+    try:
+        json.dumps([record.object_ids, record.details])
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError("audit event fields must be plain JSON values") from exc
+    last = s.execute(
+        select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+    ).first()
+    seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+    at = utcnow()
+    s.add(
+        AuditEvent(
+            seq=seq,
+            at=at,
+            actor=record.actor,
+            action=record.action,
+            object_type=record.object_type,
+            object_ids=list(record.object_ids),
+            reason=record.reason,
+            details=dict(record.details),
+            prev_hash=prev,
+            hash=_digest(prev, seq, at, record),
+        )
+    )
+    if (
+        s.execute(update(StoreState).where(StoreState.key == HEAD_KEY).values(value=seq)).rowcount
+        == 0
+    ):  # type: ignore[attr-defined]
+        s.add(StoreState(key=HEAD_KEY, value=seq))
+    s.flush()
+    return seq
+
+
+def _record(row: AuditEvent) -> AuditRecord:
+    return AuditRecord(
+        row.actor, row.action, row.object_type, row.object_ids, row.reason, row.details
+    )
+
+
+def verify(s: Session) -> ChainReport:
+    """Walk the whole chain; the first event whose link or hash does not hold is named."""
+    prev, expected, count = GENESIS, 1, 0
+    for row in s.scalars(select(AuditEvent).order_by(AuditEvent.seq)).yield_per(1000):
+        if row.seq != expected:
+            return ChainReport(False, count, expected, f"event {expected} is missing")
+        if row.prev_hash != prev:
+            return ChainReport(False, count, row.seq, "does not follow the event before it")
+        if _digest(prev, row.seq, row.at, _record(row)) != row.hash:
+            return ChainReport(False, count, row.seq, "its content does not match its hash")
+        prev, expected, count = row.hash, expected + 1, count + 1
+    head = _head(s)
+    if head != count:
+        problem = f"the trail ends at event {count} but {head} were recorded"
+        return ChainReport(False, count, count + 1, problem)
+    return ChainReport(True, count)
+
+
+def export(s: Session, since: datetime | None = None) -> Iterator[dict[str, Any]]:
+    """Events (oldest first) as plain dicts, for JSON lines kept outside the system."""
+    stmt = select(AuditEvent).order_by(AuditEvent.seq)
+    if since is not None:
+        if since.tzinfo is None:
+            raise StoreError("--since needs a time zone (e.g. 2026-11-26T00:00:00+00:00)")
+        stmt = stmt.where(AuditEvent.at >= since)
+    for row in s.scalars(stmt).yield_per(1000):
+        yield {
+            "seq": row.seq,
+            "at": row.at.isoformat(),
+            "actor": row.actor,
+            "action": row.action,
+            "object_type": row.object_type,
+            "object_ids": row.object_ids,
+            "reason": row.reason,
+            "details": row.details,
+            "prev_hash": row.prev_hash,
+            "hash": row.hash,
+        }

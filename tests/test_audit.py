@@ -1,0 +1,129 @@
+"""The audit trail: every action appends a chained event in the same transaction, and any
+direct change to the rows is found by `verify`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+import facetrail
+from facetrail.store import AuditRecord, Store
+
+FR = "examples/face_recognition"
+
+
+def _events(store: Store, n: int) -> None:
+    for i in range(n):
+        store.audit(AuditRecord("local:test", "search", "probe", [f"sha-{i}"], None, {"i": i}))
+
+
+@pytest.fixture()
+def store(tmp_path: Path):
+    with Store.open(tmp_path / "data") as handle:
+        _events(handle, 5)
+        yield handle
+
+
+def _sql(store: Store, statement: str) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(text(statement))
+
+
+def test_intact_chain_verifies_and_exports(store: Store) -> None:
+    report = store.verify_audit()
+    assert report.ok and report.events == 5
+    exported = store.export_audit()
+    assert [e["seq"] for e in exported] == [1, 2, 3, 4, 5]
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(exported))
+    assert store.export_audit(datetime.now(UTC) + timedelta(hours=1)) == []
+
+
+@pytest.mark.parametrize(
+    ("tamper", "broken"),
+    [
+        ("UPDATE audit_events SET details = '{\"i\": 99}' WHERE seq = 3", 3),  # edit
+        ("UPDATE audit_events SET actor = 'someone-else' WHERE seq = 1", 1),  # edit
+        ("DELETE FROM audit_events WHERE seq = 2", 2),  # delete in the middle
+        ("DELETE FROM audit_events WHERE seq = 5", 5),  # cut the end
+        ("swap 2 and 3", 2),  # reorder two events
+    ],
+)
+def test_direct_changes_are_detected(store: Store, tamper: str, broken: int) -> None:
+    if tamper.startswith("swap"):  # through a free key, as the primary key is unique
+        _sql(store, "UPDATE audit_events SET seq = 100 WHERE seq = 2")
+        _sql(store, "UPDATE audit_events SET seq = 2 WHERE seq = 3")
+        _sql(store, "UPDATE audit_events SET seq = 3 WHERE seq = 100")
+    else:
+        _sql(store, tamper)
+    report = store.verify_audit()
+    assert not report.ok and report.first_broken == broken, report
+
+
+def test_inserted_event_is_detected(store: Store) -> None:
+    row = store.export_audit()[-1]
+    _sql(
+        store,
+        "INSERT INTO audit_events (seq, at, actor, action, object_type, object_ids, reason, "
+        f"details, prev_hash, hash) VALUES (6, '2026-01-01 00:00:00', 'x', 'erase', NULL, '[]', "
+        f"NULL, '{{}}', '{row['hash']}', '{'f' * 64}')",
+    )
+    report = store.verify_audit()
+    assert not report.ok and report.first_broken == 6
+
+
+def test_action_and_event_commit_together(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "data") as store:
+        with pytest.raises(RuntimeError), store.session() as session:
+            store.audit(AuditRecord("local:test", "erase", "subject", [1]), session=session)
+            raise RuntimeError("crash between the action and the commit")
+        assert store.export_audit() == [] and store.verify_audit().ok
+
+
+def test_service_actions_are_audited(tmp_path: Path, shared_data: Path) -> None:
+    with facetrail.open(tmp_path / "data", actor="local:alice") as ft:
+        ft.enrol([shared_data / FR / "knn_examples/train"])
+        ft.search([shared_data / FR / "knn_examples/test/obama1.jpg"])
+        ft.verify(shared_data / FR / "obama.jpg", shared_data / FR / "obama2.jpg")
+        ft.erase("biden")
+        events = ft.export_audit()
+        assert ft.verify_audit().ok
+    assert [e["action"] for e in events] == ["enrol", "search", "verify", "erase"]
+    assert {e["actor"] for e in events} == {"local:alice"}
+    assert len(events[0]["object_ids"]) == 9 and events[0]["details"]["templates"] == 9
+    assert events[3]["details"] == {"images": 2, "faces": 2, "templates": 2}
+    assert all(len(h) == 64 for h in events[1]["object_ids"])  # probes by hash, not by path
+    # No descriptor or pixel data: every value is short.
+    assert max(len(json.dumps(e)) for e in events) < 2000
+
+
+def test_cli_verify_names_the_broken_link(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with Store.open(data) as store:
+        _events(store, 3)
+        _sql(store, "UPDATE audit_events SET reason = 'edited' WHERE seq = 2")
+    env = {**os.environ, "FACETRAIL_DATA": str(data)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "facetrail", "audit", "verify"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 8
+    assert "event 2" in proc.stderr and "Traceback" not in proc.stderr
+    exported = subprocess.run(
+        [sys.executable, "-m", "facetrail", "audit", "export", "--since", "2000-01-01"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert [json.loads(line)["seq"] for line in exported.stdout.splitlines()] == [1, 2, 3]
