@@ -220,6 +220,8 @@ def test_two_processes_enrolling_at_once(tmp_path: Path, shared_data: Path) -> N
         assert p.wait(timeout=600) == 0, p.stderr.read() if p.stderr else ""
     listing = {s["name"]: s["templates"] for s in run_json(data, "subjects")["subjects"]}
     assert listing == {"obama": 2, "biden": 2, "kit_harington": 2, "rose_leslie": 2}
+    chain = run_json(data, "audit", "verify")  # four writers, one unbroken chain
+    assert chain["ok"] and chain["events"] == 4
 
 
 def test_demo_runs_offline(tmp_path: Path) -> None:
