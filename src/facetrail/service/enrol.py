@@ -205,22 +205,7 @@ def _store_batch(
         NewReference(r.item.subject, r.item.reference, r.extra, (face,))  # type: ignore[arg-type]
         for r, face in zip(ok, faces, strict=True)
     ]
-    with store.session() as session:
-        stored = store.add_references(requests, model=model, session=session) if requests else []
-        enrolled = [o for o in stored if isinstance(o, AddedReference) and not o.duplicate]
-        if enrolled:  # the references and their audit event commit together
-            event = AuditRecord(
-                actor,
-                "enrol",
-                "image",
-                [o.image_id for o in enrolled],
-                details={
-                    "subjects": sorted({o.subject for o in enrolled}),
-                    "templates": sum(len(o.template_ids) for o in enrolled),
-                    "model": model,
-                },
-            )
-            store.audit(event, session=session)
+    stored = _write_references(store, model, actor, requests) if requests else []
     added = iter(stored)
     qualities = iter(faces)
     outcomes = []
@@ -239,6 +224,29 @@ def _store_batch(
         else:
             outcomes.append(EnrolItemResult(*where, "enrolled", None, quality))
     return outcomes
+
+
+def _write_references(
+    store: Store, model: str, actor: str, requests: list[NewReference]
+) -> list[AddedReference | InvalidInputError]:
+    """Store the references and audit the enrolment in one transaction."""
+    with store.session() as session:
+        stored = store.add_references(requests, model=model, session=session)
+        enrolled = [o for o in stored if isinstance(o, AddedReference) and not o.duplicate]
+        if enrolled:
+            event = AuditRecord(
+                actor,
+                "enrol",
+                "image",
+                [o.image_id for o in enrolled],
+                details={
+                    "subjects": sorted({o.subject for o in enrolled}),
+                    "templates": sum(len(o.template_ids) for o in enrolled),
+                    "model": model,
+                },
+            )
+            store.audit(event, session=session)
+    return stored
 
 
 def _image_record(loaded: LoadedImage) -> ImageRecord:

@@ -544,7 +544,8 @@ class Store:
                         f"subject {req.subject!r} already has a different reference number"
                     )
                 else:
-                    model_dim = model_dim if model_dim is not None or not dim else dim
+                    if model_dim is None and dim:
+                        model_dim = dim  # the batch's first template fixes the model's length
                     if known is None:
                         new_subjects[req.subject] = stored_ref or req.reference
                     elif known[1] is None and req.reference:
@@ -566,25 +567,26 @@ class Store:
                     subjects[name] = (sid, ref)
 
             enrolled = self._enrolled_images(s, {req.image.sha256 for _, req, _, _ in accepted})
+            first_in_batch: dict[tuple[int, str], int] = {}  # (subject, image) -> request
             fresh: list[tuple[int, NewReference, list[_PreparedFace], int, int]] = []
             for i, req, prepared, dim in accepted:
-                sid = subjects[req.subject][0]
-                image_id = enrolled.get((sid, req.image.sha256))
-                if image_id is not None and image_id >= 0:
-                    outcomes[i] = self._duplicate(s, req.subject, sid, image_id)
-                elif image_id is None:
-                    enrolled[(sid, req.image.sha256)] = -1 - i  # a repeat within this batch
-                    fresh.append((i, req, prepared, dim, sid))
-            outcomes_fresh = self._insert_references(s, fresh, model, created)
-            for i, outcome in outcomes_fresh:
+                key = (subjects[req.subject][0], req.image.sha256)
+                if key in enrolled:
+                    outcomes[i] = self._duplicate(s, req.subject, key[0], enrolled[key])
+                elif key not in first_in_batch:
+                    first_in_batch[key] = i
+                    fresh.append((i, req, prepared, dim, key[0]))
+            for i, outcome in self._insert_references(s, fresh, model, created):
                 outcomes[i] = outcome
             for i, req, _, _ in accepted:  # repeats of an image earlier in this batch
                 if outcomes[i] is None:
-                    sid = subjects[req.subject][0]
-                    first = outcomes[-1 - enrolled[(sid, req.image.sha256)]]
+                    key = (subjects[req.subject][0], req.image.sha256)
+                    first = outcomes[first_in_batch[key]]
                     assert isinstance(first, AddedReference)
-                    outcomes[i] = self._duplicate(s, req.subject, sid, first.image_id)
-        return [o for o in outcomes if o is not None]
+                    outcomes[i] = self._duplicate(s, req.subject, key[0], first.image_id)
+        if any(o is None for o in outcomes):  # pragma: no cover - every branch above sets one
+            raise StoreError("a reference was neither written nor refused")
+        return outcomes  # type: ignore[return-value]
 
     def _insert_references(
         self,
