@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-import facetrail
+from conftest import CASE, Team, make_team
 from facetrail.store import AuditRecord, Store
 
 FR = "examples/face_recognition"
@@ -87,29 +87,39 @@ def test_action_and_event_commit_together(tmp_path: Path) -> None:
         assert store.export_audit() == [] and store.verify_audit().ok
 
 
-def test_service_actions_are_audited(tmp_path: Path, shared_data: Path) -> None:
-    with facetrail.open(tmp_path / "data", actor="local:alice") as ft:
-        ft.enrol([shared_data / FR / "knn_examples/train"])
-        ft.search([shared_data / FR / "knn_examples/test/obama1.jpg"])
-        ft.verify(shared_data / FR / "obama.jpg", shared_data / FR / "obama2.jpg")
-        ft.erase("biden")
-        events = ft.export_audit()
-        assert ft.verify_audit().ok
-    assert [e["action"] for e in events] == ["enrol", "search", "verify", "erase"]
-    assert {e["actor"] for e in events} == {"local:alice"}
-    assert len(events[0]["object_ids"]) == 9 and events[0]["details"]["templates"] == 9
-    assert events[3]["details"] == {"images": 2, "faces": 2, "templates": 2}
-    assert all(len(h) == 64 for h in events[1]["object_ids"])  # probes by hash, not by path
+def test_service_actions_are_audited(team: Team, shared_data: Path) -> None:
+    with team.open("admin") as admin, team.open("investigator") as investigator:
+        admin.enrol([shared_data / FR / "knn_examples/train"])
+        investigator.search([shared_data / FR / "knn_examples/test/obama1.jpg"], case=CASE)
+        investigator.verify(
+            shared_data / FR / "obama.jpg", shared_data / FR / "obama2.jpg", case=CASE
+        )
+        admin.erase("biden")
+        events = admin.export_audit()
+        assert admin.verify_audit().ok
+    acted = [e for e in events if e["action"] in ("enrol", "search", "verify", "erase")]
+    assert [e["action"] for e in acted] == ["enrol", "search", "verify", "erase"]
+    assert [(e["actor"], e["role"]) for e in acted] == [
+        ("admin", "admin"),
+        ("investigator", "investigator"),
+        ("investigator", "investigator"),
+        ("admin", "admin"),
+    ]
+    assert [e["case"] for e in acted] == [None, CASE, CASE, None]
+    assert len(acted[0]["object_ids"]) == 9 and acted[0]["details"]["templates"] == 9
+    assert acted[3]["details"] == {"images": 2, "faces": 2, "templates": 2}
+    assert all(len(h) == 64 for h in acted[1]["details"]["probes"])  # probes by hash
+    assert all(len(h) == 64 for h in acted[2]["object_ids"])
     # No descriptor or pixel data: every value is short.
     assert max(len(json.dumps(e)) for e in events) < 2000
 
 
 def test_cli_verify_names_the_broken_link(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    with Store.open(data) as store:
+    team = make_team(tmp_path / "data", approvals=False)
+    with Store.open(team.data) as store:
         _events(store, 3)
         _sql(store, "UPDATE audit_events SET reason = 'edited' WHERE seq = 2")
-    env = {**os.environ, "FACETRAIL_DATA": str(data)}
+    env = {**os.environ, **team.env("auditor")}
     proc = subprocess.run(
         [sys.executable, "-m", "facetrail", "audit", "verify"],
         capture_output=True,
@@ -126,4 +136,5 @@ def test_cli_verify_names_the_broken_link(tmp_path: Path) -> None:
         env=env,
         timeout=300,
     )
-    assert [json.loads(line)["seq"] for line in exported.stdout.splitlines()] == [1, 2, 3]
+    seqs = [json.loads(line)["seq"] for line in exported.stdout.splitlines()]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 3

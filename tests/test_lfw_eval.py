@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import facetrail
+from conftest import Team
 from facetrail.errors import InvalidInputError
 from facetrail.evaluation.lfw import read_pairs
 from facetrail.vision.calibration import find_calibration
@@ -50,9 +50,9 @@ def _mini_lfw(lfw: Path, dest: Path, per_side: int) -> Path:
     return dest
 
 
-def test_lfw_protocol_on_a_small_real_subset(lfw: Path, tmp_path: Path) -> None:
+def test_lfw_protocol_on_a_small_real_subset(lfw: Path, tmp_path: Path, team: Team) -> None:
     root = _mini_lfw(lfw, tmp_path / "lfw", per_side=40)
-    with facetrail.open(tmp_path / "data") as ft:
+    with team.open("admin") as ft:  # saving a calibration is an administrator's change
         report = ft.eval_lfw(root, calibrate=True)
         saved = find_calibration(ft.analyzer.model_id, ft.calibration_dir)
     assert report.pairs == 160 and len(report.folds) == 2
@@ -63,17 +63,17 @@ def test_lfw_protocol_on_a_small_real_subset(lfw: Path, tmp_path: Path) -> None:
     assert saved is not None and saved.source.startswith("LFW")
 
 
-def test_lfw_folder_without_pairs_is_refused(tmp_path: Path) -> None:
+def test_lfw_folder_without_pairs_is_refused(tmp_path: Path, team: Team) -> None:
     with (
-        facetrail.open(tmp_path / "data") as ft,
+        team.open("auditor") as ft,
         pytest.raises(InvalidInputError, match=r"pairs\.txt"),
     ):
         ft.eval_lfw(tmp_path)
 
 
 @pytest.mark.slow
-def test_full_lfw_folds_1_to_5_reach_the_accuracy_target(lfw: Path, tmp_path: Path) -> None:
-    with facetrail.open(tmp_path / "data") as ft:
+def test_full_lfw_folds_1_to_5_reach_the_accuracy_target(lfw: Path, team: Team) -> None:
+    with team.open("auditor") as ft:
         report = ft.eval_lfw(lfw)
     assert report.pairs == 3000
     assert report.mean_accuracy >= 0.991

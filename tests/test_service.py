@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import facetrail
+from conftest import CASE, Team
 from facetrail.errors import InvalidInputError, MediaError, NoFaceError, NotFoundError
 from facetrail.media import load_image
 from facetrail.vision.compare import normalise
@@ -18,38 +19,53 @@ FR = "examples/face_recognition"
 
 
 @pytest.fixture()
-def ft(tmp_path: Path):
-    with facetrail.open(tmp_path / "data") as handle:
+def ft(team: Team):
+    """The administrator's handle (enrol, erase)."""
+    with team.open("admin") as handle:
         yield handle
+
+
+@pytest.fixture()
+def inv(ft: facetrail.Facetrail, team: Team) -> facetrail.Facetrail:
+    """The investigator's handle on the same store (search, verify in case CASE)."""
+    handle = ft.as_caller(None)
+    handle.use_token(team.tokens["investigator"])
+    return handle
 
 
 def _all_bytes(folder: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
 
 
-def test_open_enrol_search_verify(ft: facetrail.Facetrail, shared_data: Path) -> None:
+def test_open_enrol_search_verify(
+    ft: facetrail.Facetrail, inv: facetrail.Facetrail, shared_data: Path
+) -> None:
     report = ft.enrol([shared_data / FR / "knn_examples/train"])
     assert report.enrolled == 9 and not report.skipped
-    found = ft.search([shared_data / FR / "knn_examples/test/kit_with_rose.jpg"], top_k=2)
+    found = inv.search(
+        [shared_data / FR / "knn_examples/test/kit_with_rose.jpg"], case=CASE, top_k=2
+    )
     tops = sorted(f.candidates[0].subject for f in found.probes[0].faces)
     assert tops == ["kit_harington", "rose_leslie"]
-    same = ft.verify(shared_data / FR / "obama.jpg", shared_data / FR / "obama2.jpg")
+    same = inv.verify(shared_data / FR / "obama.jpg", shared_data / FR / "obama2.jpg", case=CASE)
     assert same.match and same.fmr is not None and same.fmr < 1e-3
 
 
-def test_templates_are_stored_and_reloaded_exactly(tmp_path: Path, shared_data: Path) -> None:
-    with facetrail.open(tmp_path / "data") as ft:
+def test_templates_are_stored_and_reloaded_exactly(team: Team, shared_data: Path) -> None:
+    with team.open("admin") as ft:
         ft.enrol([shared_data / FR / "obama.jpg"], subject="obama")
         model = ft.analyzer.model_id
         image = load_image(shared_data / FR / "obama.jpg").pixels
         expected = normalise(ft.analyzer.analyse(image, mode="primary").descriptors)[0]
-    with facetrail.open(tmp_path / "data") as again:
+    with facetrail.open(team.data) as again:
         stored = again.store.templates(model)
     assert stored.vectors.shape == (1, 128)
     assert stored.vectors[0].tobytes() == expected.astype(np.float32).tobytes()
 
 
-def test_erase_leaves_no_trace(ft: facetrail.Facetrail, shared_data: Path) -> None:
+def test_erase_leaves_no_trace(
+    ft: facetrail.Facetrail, inv: facetrail.Facetrail, shared_data: Path
+) -> None:
     ft.enrol([shared_data / FR / "knn_examples/train"])
     model = ft.analyzer.model_id
     matrix = ft.store.templates(model)
@@ -67,14 +83,16 @@ def test_erase_leaves_no_trace(ft: facetrail.Facetrail, shared_data: Path) -> No
     assert "obama" not in {s.name for s in ft.subjects()}
     with pytest.raises(NotFoundError):
         ft.subject("obama")
-    probe = ft.search([shared_data / FR / "knn_examples/test/obama1.jpg"], include_below=True)
+    probe = inv.search(
+        [shared_data / FR / "knn_examples/test/obama1.jpg"], case=CASE, include_below=True
+    )
     assert all(c.subject != "obama" for f in probe.probes[0].faces for c in f.candidates)
     biden = ft.store.templates(model)
     assert len(biden) == len(matrix) - len(obama_vectors)
 
 
 def test_exif_rotated_photo_is_turned_upright(
-    ft: facetrail.Facetrail, shared_data: Path, tmp_path: Path
+    ft: facetrail.Facetrail, inv: facetrail.Facetrail, shared_data: Path, tmp_path: Path
 ) -> None:
     upright = Image.open(shared_data / FR / "obama.jpg")
     # Store the pixels lying on their side, with the EXIF tag that says how to turn them back.
@@ -87,7 +105,7 @@ def test_exif_rotated_photo_is_turned_upright(
     assert report.enrolled == 1
     detail = ft.subject("obama")
     assert (detail.images[0].width, detail.images[0].height) == upright.size
-    result = ft.verify(path, shared_data / FR / "obama2.jpg")
+    result = inv.verify(path, shared_data / FR / "obama2.jpg", case=CASE)
     assert result.match
 
 
@@ -133,17 +151,17 @@ def test_image_formats_enrol_or_search(
 
 
 def test_whole_failures_raise_clear_errors(
-    ft: facetrail.Facetrail, shared_data: Path, tmp_path: Path
+    ft: facetrail.Facetrail, inv: facetrail.Facetrail, shared_data: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(MediaError, match="does not exist"):
-        ft.verify(tmp_path / "missing.jpg", shared_data / FR / "obama.jpg")
+        inv.verify(tmp_path / "missing.jpg", shared_data / FR / "obama.jpg", case=CASE)
     blank = tmp_path / "blank.png"
     Image.new("RGB", (200, 200), (128, 128, 128)).save(blank)
     with pytest.raises(NoFaceError):
-        ft.verify(blank, shared_data / FR / "obama.jpg")
+        inv.verify(blank, shared_data / FR / "obama.jpg", case=CASE)
     with pytest.raises(InvalidInputError):
         ft.enrol([shared_data / FR / "obama.jpg"])  # a loose image needs a subject
     with pytest.raises(NotFoundError):
         ft.erase("nobody")
     with pytest.raises(InvalidInputError):
-        ft.search([blank], threshold=2.0)
+        inv.search([blank], case=CASE, threshold=2.0)

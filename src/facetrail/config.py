@@ -3,22 +3,13 @@ environment variables, then command-line flags) and passed down to every layer."
 
 from __future__ import annotations
 
-import getpass
 import os
 from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_data_dir
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-
-def default_actor() -> str:
-    """Who the audit trail names until users and log-in exist: the local account."""
-    try:
-        return f"local:{getpass.getuser()}"
-    except (KeyError, OSError):  # no name for this uid (containers)
-        return f"local:uid-{os.getuid()}"
 
 
 def default_data_dir() -> Path:
@@ -29,7 +20,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACETRAIL_", extra="ignore")
 
     data: Path = Field(default_factory=default_data_dir, description="data directory")
-    actor: str = Field(default_factory=default_actor, min_length=1, max_length=200)
 
     # Media limits: decoded pixels above this are refused (decompression bombs, 100 MP images).
     max_image_pixels: int = 50_000_000
@@ -62,3 +52,60 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.data / "cache"
+
+    # Encryption at rest of face images and templates (AES-256-GCM). The 32-byte key comes
+    # from a file private to its owner, or as base64 text from FACETRAIL_ENCRYPTION_KEY;
+    # with neither, nothing is encrypted.
+    encryption_key_file: Path | None = None
+    encryption_key: SecretStr | None = None
+
+    def encryption_key_bytes(self) -> bytes | None:
+        """The configured encryption key, or None; InvalidInputError if it is unusable.
+
+        A key file holds 32 raw bytes or their base64 (standard or urlsafe) text, and must not
+        be accessible by group or others, as ssh insists for its keys: a readable key makes
+        the encryption moot. Messages name the file or variable, never the key.
+        """
+        import base64
+        import binascii
+        import stat
+
+        from facetrail.errors import InvalidInputError
+
+        def decode(text: bytes, where: str) -> bytes:
+            text = text.strip().replace(b"-", b"+").replace(b"_", b"/")
+            try:
+                key = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
+            except (binascii.Error, ValueError):
+                key = b""
+            if len(key) != 32:
+                raise InvalidInputError(
+                    f"{where} does not hold a 32-byte key (raw bytes or base64 text)"
+                )
+            return key
+
+        if self.encryption_key is not None and self.encryption_key_file is not None:
+            raise InvalidInputError(
+                "both FACETRAIL_ENCRYPTION_KEY and encryption_key_file are set; set one"
+            )
+        if self.encryption_key is not None:
+            value = self.encryption_key.get_secret_value().encode("utf-8", "replace")
+            return decode(value, "FACETRAIL_ENCRYPTION_KEY")
+        if self.encryption_key_file is None:
+            return None
+        path = self.encryption_key_file.expanduser()
+        try:
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidInputError(f"encryption key file {path} is not a regular file")
+            if os.name == "posix" and st.st_mode & 0o077:
+                raise InvalidInputError(
+                    f"encryption key file {path} is accessible by other users (mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}); make it private: chmod 600 {path}"
+                )
+            data = path.read_bytes()
+        except OSError as e:
+            raise InvalidInputError(
+                f"cannot read encryption key file {path}: {e.strerror}"
+            ) from None
+        return data if len(data) == 32 else decode(data, f"encryption key file {path}")

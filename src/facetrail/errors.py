@@ -47,3 +47,21 @@ class InvalidInputError(FacetrailError):
     """An argument or file that is well formed but not acceptable (bad CSV, bad threshold)."""
 
     exit_code = 2
+
+
+class AuthenticationError(FacetrailError):
+    """No caller, or one whose password or token is wrong, expired, revoked or disabled."""
+
+    exit_code = 9
+
+
+class PermissionDeniedError(FacetrailError):
+    """The caller's role does not allow the operation, or the record is outside their cases."""
+
+    exit_code = 10
+
+
+class PolicyError(FacetrailError):
+    """The role allows it but policy does not, yet: an approval, authorisation or expiry."""
+
+    exit_code = 11

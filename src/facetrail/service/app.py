@@ -1,22 +1,42 @@
 """`Facetrail`: the use cases over one data directory, and what `facetrail.open()` returns.
 
-Every front door (CLI, Python, later HTTP) goes through this object; it owns the settings, the
-store and the vision pipeline, and it decides thresholds from the calibration. Models load on
-first use, so listing subjects or erasing one does not pay for the descriptor network.
+Every front door (CLI, Python, HTTP) goes through this object, and this is the only place
+that checks policy. Each method: checks the caller's role (`access.require`), checks the
+rules (case, approvals, watchlist authorisation, threshold floor), does the work, and appends
+its audit event in the same transaction, so an action and its record commit together or not
+at all. A `Facetrail` is bound to one caller; `as_caller` gives another caller a handle on
+the same store and models (one per HTTP request, say). Models load on first use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from datetime import datetime
+import dataclasses
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from facetrail.config import Settings
-from facetrail.errors import InvalidInputError
+from facetrail.errors import (
+    AuthenticationError,
+    FacetrailError,
+    InvalidInputError,
+    NotFoundError,
+    PolicyError,
+)
 from facetrail.evaluation.lfw import LfwReport, evaluate_lfw
+from facetrail.service import accounts, cases, retention, review, watchlists
 from facetrail.service import enrol as enrolment
+from facetrail.service import policy as policies
 from facetrail.service import search as searching
+from facetrail.service.access import SYSTEM, Caller, Op, Role, authenticated, require
 from facetrail.service.results import (
     EnrolItemResult,
     EnrolReport,
@@ -24,6 +44,7 @@ from facetrail.service.results import (
     SearchReport,
     VerifyReport,
 )
+from facetrail.service.tables import Case, User
 from facetrail.store import (
     AuditRecord,
     ChainReport,
@@ -32,18 +53,48 @@ from facetrail.store import (
     SubjectDetail,
     SubjectSummary,
 )
+from facetrail.store.models import Subject, utcnow
 from facetrail.vision.calibration import Calibration, calibration_file, find_calibration
 from facetrail.vision.pipeline import FaceAnalyzer
 
+RETENTION_ACTIONS = ("retention.purge", "retention.erase", "retention.run")
 
-class Facetrail:
+
+class _Shared:
+    """What every caller's handle on one data directory shares: the store and the models."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = Store.open(settings.data)
+        self.store = Store.open(settings.data, key=settings.encryption_key_bytes())
+        self._lock = threading.Lock()
+
+    @cached_property
+    def analyzer(self) -> FaceAnalyzer:
+        with self._lock:
+            return FaceAnalyzer(self.settings)
+
+
+class Facetrail:
+    def __init__(
+        self, settings: Settings, *, token: str | None = None, _shared: _Shared | None = None
+    ) -> None:
+        self.settings = settings
+        self._shared = _shared or _Shared(settings)
+        self._owner = _shared is None
+        self.caller: Caller | None = None
+        if _shared is None:
+            try:
+                self.apply_retention()
+                if token is not None:
+                    self.use_token(token)
+            except BaseException:
+                self.close()
+                raise
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
-        self.store.close()
+        if self._owner:
+            self._shared.store.close()
 
     def __enter__(self) -> Facetrail:
         return self
@@ -51,14 +102,422 @@ class Facetrail:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @cached_property
-    def analyzer(self) -> FaceAnalyzer:
-        return FaceAnalyzer(self.settings)
+    @property
+    def store(self) -> Store:
+        return self._shared.store
 
     @property
-    def calibration_dir(self) -> Path:
-        return self.settings.data / "calibration"
+    def analyzer(self) -> FaceAnalyzer:
+        return self._shared.analyzer
 
+    def as_caller(self, caller: Caller | None) -> Facetrail:
+        """A handle for `caller` (None: nobody yet, to `login`) sharing this one's store and
+        models; closing it closes nothing."""
+        other = Facetrail(self.settings, _shared=self._shared)
+        other.caller = caller
+        return other
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _need(self, op: Op) -> Caller:
+        return require(self.caller, op)
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self.store.session() as s:
+            yield s
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self.store.session(write=False) as s:
+            yield s
+
+    def _audit(
+        self,
+        s: Session,
+        caller: Caller,
+        action: str,
+        object_type: str | None = None,
+        ids: Iterable[Any] = (),
+        *,
+        case: str | None = None,
+        reason: str | None = None,
+        **details: Any,
+    ) -> None:
+        record = AuditRecord(
+            caller.name, action, object_type, list(ids), reason, details, caller.role.value, case
+        )
+        self.store.audit(record, session=s)
+
+    def _policy(self, s: Session | None = None) -> policies.Policy:
+        if s is not None:
+            return policies.load(s)
+        with self._read() as r:
+            return policies.load(r)
+
+    # -- accounts --------------------------------------------------------------------------
+    def init(self, admin: str, password: str) -> accounts.IssuedToken:
+        """Create the first administrator and write the default policy (a new directory
+        only); the new admin is logged in."""
+        with self._write() as s:
+            if accounts.count_users(s):
+                raise PolicyError("this data directory already has users: log in instead")
+            default = policies.Policy()
+            user = accounts.add_user(
+                s, admin, Role.ADMIN, accounts.hash_password(password, default.min_password_length)
+            )
+            for key, value in default.model_dump().items():
+                policies.save(s, key, value, admin)
+            issued = accounts.issue_token(s, user, "init", default.token_days)
+            self.caller = Caller(user.id, user.name, Role.ADMIN, issued.info.id)
+            self._audit(s, self.caller, "init", "user", [user.id], policy=default.model_dump())
+        return issued
+
+    def login(self, name: str, password: str, *, label: str = "login") -> accounts.IssuedToken:
+        """Check the password and issue a token; this handle then acts as that user."""
+        try:
+            with self._write() as s:
+                user = accounts.check_password(s, name, password)
+                issued = accounts.issue_token(s, user, label, self._policy(s).token_days)
+                caller = Caller(user.id, user.name, Role(user.role), issued.info.id)
+                self._audit(s, caller, "login", "user", [user.id], token=issued.info.id)
+        except AuthenticationError:
+            # The failure is recorded under the name only if it is a real user's (a password
+            # typed into the name field must not land in the trail).
+            with self._write() as s:
+                known = s.scalar(select(User.id).where(User.name == name)) is not None
+                who = Caller(0, name if known else "unknown", Role.ADMIN)
+                record = AuditRecord(who.name, "login.failed", "user")
+                self.store.audit(record, session=s)
+            raise
+        self.caller = caller
+        return issued
+
+    def use_token(self, token: str) -> Caller:
+        with self._read() as s:
+            self.caller = accounts.caller_for_token(s, token)
+        return self.caller
+
+    def logout(self) -> None:
+        caller = authenticated(self.caller)
+        if caller.token_id is None:
+            raise AuthenticationError("not logged in with a token")
+        with self._write() as s:
+            accounts.revoke(s, caller.token_id, caller.user_id)
+            self._audit(s, caller, "logout", "token", [caller.token_id])
+        self.caller = None
+
+    def whoami(self) -> accounts.UserInfo:
+        caller = authenticated(self.caller)
+        with self._read() as s:
+            return accounts.user_info(accounts.get_user(s, caller.name))
+
+    def add_user(self, name: str, role: str, password: str) -> accounts.UserInfo:
+        caller = self._need(Op.USERS)
+        with self._write() as s:
+            pw = accounts.hash_password(password, self._policy(s).min_password_length)
+            user = accounts.add_user(s, name, accounts.parse_role(role), pw)
+            self._audit(s, caller, "user.add", "user", [user.id], name=name, new_role=role)
+            return accounts.user_info(user)
+
+    def users(self) -> list[accounts.UserInfo]:
+        self._need(Op.USERS)
+        with self._read() as s:
+            return [accounts.user_info(u) for u in s.scalars(select(User).order_by(User.id))]
+
+    def set_user(
+        self,
+        name: str,
+        *,
+        role: str | None = None,
+        active: bool | None = None,
+        password: str | None = None,
+    ) -> accounts.UserInfo:
+        """Change a user's role, enable or disable them, or reset their password; a
+        disabled account's tokens are revoked."""
+        caller = self._need(Op.USERS)
+        with self._write() as s:
+            user = accounts.get_user(s, name)
+            changes: dict[str, Any] = {}
+            if role is not None:
+                user.role = changes["new_role"] = accounts.parse_role(role).value
+            if active is not None:
+                if not active and user.id == caller.user_id:
+                    raise PolicyError("an administrator cannot disable their own account")
+                user.active = changes["active"] = active
+            if password is not None:
+                policy = self._policy(s)
+                user.password_hash = accounts.hash_password(password, policy.min_password_length)
+                changes["password"] = "reset"
+            if not changes:
+                raise InvalidInputError("nothing to change")
+            if role is not None or active is False or password is not None:
+                changes["tokens_revoked"] = accounts.revoke_all(s, user.id)
+            self._audit(s, caller, "user.change", "user", [user.id], **changes)
+            return accounts.user_info(user)
+
+    def create_token(self, label: str, days: int | None = None) -> accounts.IssuedToken:
+        """A new token for the caller (for scripts), valid at most the policy's days."""
+        caller = authenticated(self.caller)
+        with self._write() as s:
+            limit = self._policy(s).token_days
+            if days is not None and not 0 < days <= limit:
+                raise PolicyError(f"policy allows tokens of 1 to {limit} days")
+            user = accounts.get_user(s, caller.name)
+            issued = accounts.issue_token(s, user, label, days or limit)
+            self._audit(s, caller, "token.create", "token", [issued.info.id], label=label)
+        return issued
+
+    def tokens(self) -> list[accounts.TokenInfo]:
+        """The caller's tokens (an administrator sees everyone's)."""
+        caller = authenticated(self.caller)
+        with self._read() as s:
+            return accounts.tokens_of(s, None if caller.role == Role.ADMIN else caller.user_id)
+
+    def revoke_token(self, token_id: int) -> None:
+        caller = authenticated(self.caller)
+        with self._write() as s:
+            owner = None if caller.role == Role.ADMIN else caller.user_id
+            accounts.revoke(s, token_id, owner)
+            self._audit(s, caller, "token.revoke", "token", [token_id])
+
+    # -- policy ----------------------------------------------------------------------------
+    def policy(self) -> policies.Policy:
+        self._need(Op.POLICY_READ)
+        return self._policy()
+
+    def set_policy(self, key: str, value: Any, *, reason: str) -> policies.Policy:
+        caller = self._need(Op.POLICY_CHANGE)
+        with self._write() as s:
+            why = cases.check_text(reason, "the reason for the change")
+            old, new = policies.save(s, key, value, caller.name)
+            self._audit(s, caller, "policy.change", "policy", [key], reason=why, old=old, new=new)
+            return policies.load(s)
+
+    # -- gallery ---------------------------------------------------------------------------
+    def enrol(
+        self,
+        paths: Iterable[str | Path] = (),
+        *,
+        subject: str | None = None,
+        manifest: str | Path | None = None,
+        progress: Callable[[EnrolItemResult], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
+    ) -> EnrolReport:
+        caller = self._need(Op.ENROL)
+        items = enrolment.expand_paths([Path(p) for p in paths], subject)
+        if manifest is not None:
+            items += enrolment.read_manifest(Path(manifest))
+        if not items:
+            raise InvalidInputError("nothing to enrol: no image files in the given paths")
+        if on_total:
+            on_total(len(items))
+        return enrolment.enrol(
+            self.store,
+            self.analyzer,
+            items,
+            max_pixels=self.settings.max_image_pixels,
+            max_bytes=self.settings.max_file_bytes,
+            min_quality=self.settings.min_quality,
+            audit=lambda action, ids, details: AuditRecord(
+                caller.name, action, "image", ids, None, details, caller.role.value
+            ),
+            progress=progress,
+        )
+
+    def subjects(self) -> list[SubjectSummary]:
+        self._need(Op.GALLERY_READ)
+        return self.store.subjects()
+
+    def subject(self, name: str) -> SubjectDetail:
+        self._need(Op.GALLERY_READ)
+        return self.store.subject(name)
+
+    def erase(self, name: str, *, reason: str | None = None) -> ErasureReport:
+        """Erase a subject completely; the audit keeps that it happened (ids and counts)."""
+        caller = self._need(Op.ERASE)
+        with self._write() as s:
+            report = self.store.erase_subject(name, session=s)
+            self._audit(
+                s,
+                caller,
+                "erase",
+                "subject",
+                [report.subject_id],
+                reason=reason,
+                images=report.images,
+                faces=report.faces,
+                templates=report.templates,
+            )
+        return report
+
+    def renew_subject(self, name: str, until: datetime, *, reason: str) -> datetime:
+        """Keep a subject past its review date, until `until` (at most one review period)."""
+        caller = self._need(Op.RENEW)
+        with self._write() as s:
+            policy = self._policy(s)
+            subj = s.scalar(select(Subject).where(Subject.name == name))
+            if subj is None:
+                raise NotFoundError(f"no subject named {name!r}")
+            if until.tzinfo is None or until <= utcnow():
+                raise InvalidInputError("the new review date must be a future time with a zone")
+            if until > utcnow() + timedelta(days=policy.subject_review_days):
+                raise PolicyError(
+                    f"policy allows renewals of at most {policy.subject_review_days} days"
+                )
+            why = cases.check_text(reason, "the reason for keeping the record")
+            old = retention.subject_review_at(subj, policy)
+            subj.review_at = until
+            self._audit(
+                s,
+                caller,
+                "subject.renew",
+                "subject",
+                [subj.id],
+                reason=why,
+                old=old.isoformat(),
+                new=until.isoformat(),
+            )
+        return until
+
+    # -- cases -----------------------------------------------------------------------------
+    def open_case(
+        self, reference: str, *, purpose: str, legal_basis: str, second_review: bool = False
+    ) -> cases.CaseInfo:
+        caller = self._need(Op.CASE_OPEN)
+        with self._write() as s:
+            case = cases.open_case(s, caller, reference, purpose, legal_basis, second_review)
+            self._audit(
+                s,
+                caller,
+                "case.open",
+                "case",
+                [case.id],
+                case=case.reference,
+                purpose=case.purpose,
+                legal_basis=case.legal_basis,
+                second_review=case.second_review,
+            )
+            return cases.case_info(s, case)
+
+    def close_case(self, reference: str, *, reason: str | None = None) -> cases.CaseInfo:
+        caller = self._need(Op.CASE_MANAGE)
+        with self._write() as s:
+            case = cases.get_case(s, caller, reference)
+            cases.close_case(s, caller, case)
+            self._audit(s, caller, "case.close", "case", [case.id], case=reference, reason=reason)
+            return cases.case_info(s, case)
+
+    def add_case_member(self, reference: str, user: str) -> cases.CaseInfo:
+        caller = self._need(Op.CASE_MANAGE)
+        with self._write() as s:
+            case = cases.get_case(s, caller, reference, need_open=True)
+            member = accounts.get_user(s, user)
+            cases.add_member(s, caller, case, member)
+            self._audit(s, caller, "case.member", "user", [member.id], case=reference)
+            return cases.case_info(s, case)
+
+    def cases(self) -> list[cases.CaseInfo]:
+        caller = self._need(Op.CASE_READ)
+        with self._read() as s:
+            return [cases.case_info(s, c) for c in cases.visible_cases(s, caller)]
+
+    def case(self, reference: str) -> cases.CaseInfo:
+        caller = self._need(Op.CASE_READ)
+        with self._read() as s:
+            return cases.case_info(s, cases.get_case(s, caller, reference))
+
+    def approve(
+        self,
+        reference: str,
+        *,
+        scope: str,
+        reason: str,
+        days: int | None = None,
+        min_threshold: float | None = None,
+    ) -> cases.ApprovalInfo:
+        """Record an authoriser's approval for a case's searches beyond the usual scope."""
+        caller = self._need(Op.APPROVE)
+        with self._write() as s:
+            case = cases.get_case(s, caller, reference, need_open=True)
+            limit = self._policy(s).approval_days
+            if days is not None and not 0 < days <= limit:
+                raise PolicyError(f"policy allows approvals of 1 to {limit} days")
+            row = cases.approve(s, caller, case, scope, reason, days or limit, min_threshold)
+            self._audit(
+                s,
+                caller,
+                "search.approve",
+                "approval",
+                [row.id],
+                case=reference,
+                reason=row.reason,
+                scope=scope,
+                min_threshold=min_threshold,
+                expires_at=row.expires_at.isoformat(),
+            )
+            return next(a for a in cases.case_info(s, case).approvals if a.id == row.id)
+
+    # -- watchlists ------------------------------------------------------------------------
+    def create_watchlist(
+        self, name: str, *, purpose: str, expires_at: datetime
+    ) -> watchlists.WatchlistInfo:
+        caller = self._need(Op.WATCHLIST_EDIT)
+        with self._write() as s:
+            max_days = self._policy(s).watchlist_max_days
+            w = watchlists.create(s, caller, name, purpose, expires_at, max_days)
+            self._audit(
+                s,
+                caller,
+                "watchlist.create",
+                "watchlist",
+                [w.id],
+                name=name,
+                purpose=w.purpose,
+                expires_at=expires_at.isoformat(),
+            )
+            return watchlists.info(s, w)
+
+    def add_to_watchlist(
+        self, name: str, subjects: list[str], *, reason: str
+    ) -> watchlists.WatchlistInfo:
+        caller = self._need(Op.WATCHLIST_EDIT)
+        with self._write() as s:
+            w = watchlists.get(s, name)
+            added = watchlists.add_members(s, caller, w, subjects, reason)
+            self._audit(s, caller, "watchlist.add", "subject", added, reason=reason, watchlist=w.id)
+            return watchlists.info(s, w)
+
+    def remove_from_watchlist(
+        self, name: str, subjects: list[str], *, reason: str
+    ) -> watchlists.WatchlistInfo:
+        caller = self._need(Op.WATCHLIST_EDIT)
+        with self._write() as s:
+            w = watchlists.get(s, name)
+            gone = watchlists.remove_members(s, caller, w, subjects)
+            why = cases.check_text(reason, "the reason")
+            self._audit(s, caller, "watchlist.remove", "subject", gone, reason=why, watchlist=w.id)
+            return watchlists.info(s, w)
+
+    def authorise_watchlist(self, name: str, *, reason: str) -> watchlists.WatchlistInfo:
+        caller = self._need(Op.WATCHLIST_AUTHORISE)
+        with self._write() as s:
+            w = watchlists.get(s, name)
+            watchlists.authorise(s, caller, w)
+            why = cases.check_text(reason, "the reason")
+            self._audit(s, caller, "watchlist.authorise", "watchlist", [w.id], reason=why)
+            return watchlists.info(s, w)
+
+    def watchlists(self) -> list[watchlists.WatchlistInfo]:
+        self._need(Op.WATCHLIST_READ)
+        with self._read() as s:
+            return [watchlists.info(s, w) for w in watchlists.all_watchlists(s)]
+
+    def watchlist(self, name: str) -> watchlists.WatchlistInfo:
+        self._need(Op.WATCHLIST_READ)
+        with self._read() as s:
+            return watchlists.info(s, watchlists.get(s, name))
+
+    # -- comparison and search -------------------------------------------------------------
     def scoring(self, threshold: float | None = None) -> searching.Scoring:
         """The threshold to apply: explicit, else configured, else from the target FMR."""
         calibration = find_calibration(self.analyzer.model_id, self.calibration_dir)
@@ -75,73 +534,65 @@ class Facetrail:
         target = self.settings.target_fmr
         return searching.Scoring(calibration.threshold_for(target), target, calibration)
 
-    # -- gallery ---------------------------------------------------------------------------
-    def enrol(
-        self,
-        paths: Iterable[str | Path] = (),
-        *,
-        subject: str | None = None,
-        manifest: str | Path | None = None,
-        progress: Callable[[EnrolItemResult], None] | None = None,
-        on_total: Callable[[int], None] | None = None,
-    ) -> EnrolReport:
-        items = enrolment.expand_paths([Path(p) for p in paths], subject)
-        if manifest is not None:
-            items += enrolment.read_manifest(Path(manifest))
-        if not items:
-            raise InvalidInputError("nothing to enrol: no image files in the given paths")
-        if on_total:
-            on_total(len(items))
-        return enrolment.enrol(
-            self.store,
-            self.analyzer,
-            items,
-            max_pixels=self.settings.max_image_pixels,
-            max_bytes=self.settings.max_file_bytes,
-            min_quality=self.settings.min_quality,
-            actor=self.settings.actor,
-            progress=progress,
-        )
-
-    def subjects(self) -> list[SubjectSummary]:
-        return self.store.subjects()
-
-    def subject(self, name: str) -> SubjectDetail:
-        return self.store.subject(name)
-
-    def erase(self, name: str) -> ErasureReport:
-        """Erase a subject completely; the audit keeps that it happened (ids and counts)."""
-        with self.store.session() as session:
-            report = self.store.erase_subject(name, session=session)
-            counts = {"images": report.images, "faces": report.faces, "templates": report.templates}
-            event = AuditRecord(
-                self.settings.actor, "erase", "subject", [report.subject_id], None, counts
+    def _floor(self, policy: policies.Policy, scoring: searching.Scoring) -> float:
+        if policy.threshold_floor is not None:
+            return policy.threshold_floor
+        if scoring.calibration is None:
+            raise PolicyError(
+                f"model {self.analyzer.model_id} has no calibration, so the threshold floor "
+                "is unknown: an administrator must set the policy's threshold_floor"
             )
-            self.store.audit(event, session=session)
-        return report
+        return scoring.calibration.threshold_for(policy.floor_fmr)
 
-    def verify_audit(self) -> ChainReport:
-        return self.store.verify_audit()
+    def _allowed_scope(
+        self,
+        s: Session,
+        caller: Caller,
+        case: Case,
+        scoring: searching.Scoring,
+        watchlist: str | None,
+        include_below: bool,
+    ) -> tuple[Any, set[int] | None, list[int]]:
+        """(watchlist row, its subject ids, approvals used), or PolicyError naming what is
+        missing."""
+        policy = self._policy(s)
+        used: list[int] = []
+        w, subjects = None, None
+        if watchlist is not None:
+            w, subjects = watchlists.searchable_subjects(s, watchlist)
+        elif policy.gallery_search_needs_approval:
+            approval = cases.usable_approval(s, caller, case, "gallery")
+            if approval is None:
+                raise PolicyError(
+                    f"searching the whole gallery needs an authoriser's approval in case "
+                    f"{case.reference} (`facetrail case approve {case.reference} --scope "
+                    "gallery`, by someone other than you); or search an authorised watchlist"
+                )
+            used.append(approval.id)
+        floor = self._floor(policy, scoring)
+        if include_below or scoring.threshold < floor - 1e-9:
+            wanted = None if include_below else scoring.threshold
+            approval = cases.usable_approval(s, caller, case, "below-floor", wanted)
+            if approval is None:
+                what = (
+                    "listing candidates below the threshold"
+                    if include_below
+                    else (f"a threshold of {scoring.threshold:.4f}")
+                )
+                raise PolicyError(
+                    f"{what} is below the policy's floor ({floor:.4f}) and needs an "
+                    f"authoriser's below-floor approval in case {case.reference}"
+                )
+            used.append(approval.id)
+        return w, subjects, used
 
-    def export_audit(self, since: datetime | None = None) -> list[dict]:
-        return self.store.export_audit(since)
-
-    def _audit_read(self, action: str, report: SearchReport | VerifyReport) -> None:
-        """Searches and comparisons read biometric data: record which inputs, by hash."""
-        probes = [report.a, report.b] if isinstance(report, VerifyReport) else report.probes
-        details: dict = {"model": report.model, "threshold": report.threshold}
-        if isinstance(report, VerifyReport):
-            details["match"] = report.match
-        else:
-            details["faces"] = sum(len(p.faces) for p in probes)
-            details["candidates"] = sum(len(f.candidates) for p in probes for f in p.faces)
-        hashes = [p.sha256 for p in probes if p.sha256]
-        self.store.audit(AuditRecord(self.settings.actor, action, "probe", hashes, None, details))
-
-    # -- comparison ------------------------------------------------------------------------
     def verify(
-        self, a: str | Path, b: str | Path, *, threshold: float | None = None
+        self, a: str | Path, b: str | Path, *, case: str, threshold: float | None = None
     ) -> VerifyReport:
+        caller = self._need(Op.VERIFY)
+        with self._read() as s:
+            found = cases.get_case(s, caller, case, need_open=True)
+            reference = found.reference
         report = searching.verify(
             self.analyzer,
             Path(a),
@@ -150,36 +601,253 @@ class Facetrail:
             max_pixels=self.settings.max_image_pixels,
             max_bytes=self.settings.max_file_bytes,
         )
-        self._audit_read("verify", report)
-        return report
+        with self._write() as s:
+            hashes = [p.sha256 for p in (report.a, report.b)]
+            self._audit(
+                s,
+                caller,
+                "verify",
+                "probe",
+                hashes,
+                case=reference,
+                model=report.model,
+                threshold=report.threshold,
+                match=report.match,
+            )
+        return dataclasses.replace(report, case=reference)
 
     def search(
         self,
         probes: Iterable[str | Path],
         *,
+        case: str,
+        watchlist: str | None = None,
         top_k: int | None = None,
         threshold: float | None = None,
         include_below: bool = False,
+        reason: str | None = None,
         progress: Callable[[ProbeResult], None] | None = None,
     ) -> SearchReport:
+        """Search each probe's faces in a case, against an authorised watchlist or (with an
+        approval) the whole gallery; the search, its kept faces and candidates are stored
+        for review, faces that matched nothing are not."""
+        caller = self._need(Op.SEARCH)
         k = top_k or self.settings.top_k
         if k < 1:
             raise InvalidInputError("top-k must be at least 1")
-        report = searching.search(
+        scoring = self.scoring(threshold)
+        with self._read() as s:
+            found = cases.get_case(s, caller, case, need_open=True)
+            _, subjects, _ = self._allowed_scope(
+                s, caller, found, scoring, watchlist, include_below
+            )
+        report, evidence = searching.search(
             self.store,
             self.analyzer,
             [Path(p) for p in probes],
-            self.scoring(threshold),
+            scoring,
             top_k=k,
             include_below=include_below,
             max_pixels=self.settings.max_image_pixels,
             max_bytes=self.settings.max_file_bytes,
+            subjects=subjects,
             progress=progress,
         )
-        self._audit_read("search", report)
-        return report
+        with self._write() as s:
+            # Checked again in the writing transaction: an approval or watchlist may have
+            # expired, or the case closed, while the probes were analysed.
+            found = cases.get_case(s, caller, case, need_open=True)
+            w, _, used = self._allowed_scope(s, caller, found, scoring, watchlist, include_below)
+            keep = self._policy(s).keep_unmatched_probe_faces
+            stored = review.persist(
+                s,
+                self.store,
+                caller,
+                found,
+                report,
+                evidence,
+                watchlist=w,
+                approval_ids=used,
+                reason=reason,
+                keep_unmatched=keep,
+            )
+            self._audit(
+                s,
+                caller,
+                "search",
+                "search",
+                [stored.search_id],
+                case=found.reference,
+                reason=reason,
+                scope=stored.scope,
+                watchlist=stored.watchlist,
+                approvals=used,
+                probes=[p.sha256 for p in stored.probes],
+                model=stored.model,
+                threshold=stored.threshold,
+                faces=sum(len(p.faces) for p in stored.probes),
+                candidates=sum(len(f.candidates) for p in stored.probes for f in p.faces),
+                unmatched_faces_deleted=stored.unmatched_faces_deleted,
+            )
+        return stored
+
+    # -- review ----------------------------------------------------------------------------
+    def searches(self, case: str) -> list[review.SearchView]:
+        caller = self._need(Op.REVIEW_READ)
+        with self._write() as s:
+            found = cases.get_case(s, caller, case)
+            views = [review.view(s, row, found) for row in review.case_searches(s, found)]
+            ids = [v.id for v in views]
+            self._audit(s, caller, "review.view", "search", ids, case=found.reference)
+        return views
+
+    def search_results(self, search_id: int) -> review.SearchView:
+        """A search's candidates with their decisions; viewing them is audited."""
+        caller = self._need(Op.REVIEW_READ)
+        with self._write() as s:
+            row, case = review.get_search(s, caller, search_id)
+            result = review.view(s, row, case)
+            ids = [c.id for c in result.candidates]
+            self._audit(s, caller, "review.view", "candidate", ids, case=case.reference)
+        return result
+
+    def decide(self, candidate_id: int, verdict: str, *, note: str) -> review.CandidateView:
+        caller = self._need(Op.DECIDE)
+        with self._write() as s:
+            cand, case, _ = review.get_candidate(s, caller, candidate_id)
+            row = review.decide(s, caller, cand, case, verdict, note)
+            self._audit(
+                s,
+                caller,
+                "review.decide",
+                "candidate",
+                [cand.id],
+                case=case.reference,
+                decision=row.id,
+                verdict=verdict,
+                supersedes=row.supersedes,
+            )
+        return self._candidate(caller, candidate_id)
+
+    def confirm(self, candidate_id: int, *, note: str) -> review.CandidateView:
+        caller = self._need(Op.DECIDE)
+        with self._write() as s:
+            cand, case, _ = review.get_candidate(s, caller, candidate_id)
+            row = review.confirm(s, caller, cand, case, note)
+            self._audit(
+                s,
+                caller,
+                "review.confirm",
+                "candidate",
+                [cand.id],
+                case=case.reference,
+                decision=row.id,
+                confirms=row.confirms,
+            )
+        return self._candidate(caller, candidate_id)
+
+    def _candidate(self, caller: Caller, candidate_id: int) -> review.CandidateView:
+        with self._read() as s:
+            _, case, search = review.get_candidate(s, caller, candidate_id)
+            return next(c for c in review.view(s, search, case).candidates if c.id == candidate_id)
+
+    # -- audit -----------------------------------------------------------------------------
+    def verify_audit(self) -> ChainReport:
+        self._need(Op.AUDIT)
+        return self.store.verify_audit()
+
+    def export_audit(self, since: datetime | None = None) -> list[dict]:
+        caller = self._need(Op.AUDIT)
+        events = self.store.export_audit(since)
+        with self._write() as s:
+            since_text = since.isoformat() if since else None
+            self._audit(s, caller, "audit.export", None, [], since=since_text, events=len(events))
+        return events
+
+    # -- retention -------------------------------------------------------------------------
+    def apply_retention(self) -> retention.RetentionRun | None:
+        """What the service does on start: run retention as the system if anything is due."""
+        with self._read() as s:
+            if not accounts.count_users(s):
+                return None
+            policy = self._policy(s)
+            now = utcnow()
+            due = retention.due_searches(s, policy, now) or retention.due_subjects(s, policy, now)
+        return self._retention(SYSTEM) if due else None
+
+    def run_retention(self) -> retention.RetentionRun:
+        return self._retention(self._need(Op.RETENTION_RUN))
+
+    def _retention(self, caller: Caller) -> retention.RetentionRun:
+        run = retention.RetentionRun(at=utcnow())
+        with self._write() as s:
+            policy = self._policy(s)
+            for due in retention.due_searches(s, policy, run.at):
+                files = retention.purge_search(s, due.search_id)
+                run.searches_purged.append(due.search_id)
+                run.probe_files += files
+                self._audit(
+                    s,
+                    caller,
+                    "retention.purge",
+                    "search",
+                    [due.search_id],
+                    case=due.case,
+                    reason=f"{policy.probe_retention_days} days after the case closed",
+                    probe_files=files,
+                )
+            for subj in retention.due_subjects(s, policy, run.at):
+                report = self.store.erase_subject(subj.subject, session=s)
+                run.subjects_erased.append(subj.subject)
+                self._audit(
+                    s,
+                    caller,
+                    "retention.erase",
+                    "subject",
+                    [subj.subject_id],
+                    reason="review date passed without renewal",
+                    review_at=subj.due_at.isoformat(),
+                    images=report.images,
+                    templates=report.templates,
+                )
+            self._audit(
+                s,
+                caller,
+                "retention.run",
+                None,
+                [],
+                searches_purged=len(run.searches_purged),
+                subjects_erased=len(run.subjects_erased),
+            )
+        # The rows are gone; now the files nothing refers to (probe media, crops, images).
+        run.blobs_deleted = self.store.sweep_blobs()
+        return run
+
+    def retention_report(self, horizon_days: int = 30) -> retention.RetentionReport:
+        self._need(Op.RETENTION_REPORT)
+        if not 0 <= horizon_days <= 36500:
+            raise InvalidInputError("the horizon is 0 to 36500 days")
+        until = utcnow() + timedelta(days=horizon_days)
+        with self._read() as s:
+            policy = self._policy(s)
+            due: list[Any] = list(retention.due_searches(s, policy, until))
+            due += retention.due_subjects(s, policy, until)
+        deleted = self.store.export_audit(actions=RETENTION_ACTIONS)
+        return retention.RetentionReport(policy.model_dump(), deleted, due)
+
+    def encrypt_existing(self) -> dict[str, int]:
+        """Encrypt images, crops and templates stored before a key was configured."""
+        caller = self._need(Op.STORAGE)
+        counts = self.store.encrypt_existing()
+        with self._write() as s:
+            self._audit(s, caller, "storage.encrypt", None, [], **counts)
+        return counts
 
     # -- evaluation ------------------------------------------------------------------------
+    @property
+    def calibration_dir(self) -> Path:
+        return self.settings.data / "calibration"
+
     def eval_lfw(
         self,
         root: str | Path,
@@ -188,9 +856,13 @@ class Facetrail:
         progress: Callable[[int], None] | None = None,
         on_total: Callable[[int], None] | None = None,
     ) -> LfwReport:
+        # Saving a calibration moves every threshold derived from it: a policy change.
+        caller = self._need(Op.POLICY_CHANGE if calibrate else Op.EVALUATE)
         report, calibration = evaluate_lfw(Path(root), self.analyzer, progress, on_total)
         if calibrate:
-            self.save_calibration(calibration)
+            path = self.save_calibration(calibration)
+            with self._write() as s:
+                self._audit(s, caller, "calibrate", "model", [calibration.model], file=path.name)
         return report
 
     def save_calibration(self, calibration: Calibration) -> Path:
@@ -199,12 +871,19 @@ class Facetrail:
         return path
 
 
-def open(data: str | Path | None = None, **overrides: object) -> Facetrail:
+def open(
+    data: str | Path | None = None, *, token: str | None = None, **overrides: object
+) -> Facetrail:
     """Open (creating if needed) a facetrail data directory.
 
-    `data` defaults to FACETRAIL_DATA or the per-user data directory; keyword arguments
-    override any other setting (e.g. `min_face=30`, `threshold=0.9`).
+    `data` defaults to FACETRAIL_DATA or the per-user data directory; `token` (default:
+    FACETRAIL_TOKEN) says who is acting, or call `login(name, password)` on the result;
+    keyword arguments override any other setting (e.g. `min_face=30`).
     """
     if data is not None:
         overrides["data"] = Path(data)
-    return Facetrail(Settings(**overrides))  # type: ignore[arg-type]
+    token = token if token is not None else os.environ.get("FACETRAIL_TOKEN") or None
+    return Facetrail(Settings(**overrides), token=token)  # type: ignore[arg-type]
+
+
+__all__ = ["Facetrail", "FacetrailError", "open"]

@@ -33,6 +33,10 @@ from facetrail.vision.compare import normalise
 from facetrail.vision.faces import Faces
 from facetrail.vision.pipeline import Analysed, FaceAnalyzer
 
+# Makes the audit event of an enrolment batch: (action, image ids, details) -> record, so
+# that the caller's identity stays with the service that knows it.
+AuditFactory = Callable[[str, list[int], dict], AuditRecord]
+
 # A second face at least this share of the main face's width makes the reference ambiguous;
 # smaller ones are people in the background and are ignored.
 COMPARABLE_FACE = 0.5
@@ -128,7 +132,7 @@ def reference_face(faces: Faces, min_quality: float) -> Faces:
     return face
 
 
-def _png(chip: np.ndarray) -> bytes:
+def png_bytes(chip: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     # Level 1: a third of the default's time for chips a few percent larger.
     Image.fromarray(chip).save(buffer, format="PNG", compress_level=1)
@@ -150,7 +154,7 @@ def enrol(
     max_pixels: int,
     max_bytes: int,
     min_quality: float,
-    actor: str,
+    audit: AuditFactory,
     progress: Callable[[EnrolItemResult], None] | None = None,
 ) -> EnrolReport:
     report = EnrolReport(model=analyzer.model_id)
@@ -181,18 +185,18 @@ def enrol(
             if len(batch) >= WRITE_BATCH:
                 if writing is not None:
                     record(writing.result())
-                writing = writer.submit(_store_batch, store, model, actor, batch, pngs)
+                writing = writer.submit(_store_batch, store, model, audit, batch, pngs)
                 batch = []
         if writing is not None:
             record(writing.result())
-        record(_store_batch(store, model, actor, batch, pngs))
+        record(_store_batch(store, model, audit, batch, pngs))
     return report
 
 
 def _store_batch(
     store: Store,
     model: str,
-    actor: str,
+    audit: AuditFactory,
     batch: list[Analysed[EnrolItem]],
     pngs: ThreadPoolExecutor,
 ) -> list[EnrolItemResult]:
@@ -205,7 +209,7 @@ def _store_batch(
         NewReference(r.item.subject, r.item.reference, r.extra, (face,))  # type: ignore[arg-type]
         for r, face in zip(ok, faces, strict=True)
     ]
-    stored = _write_references(store, model, actor, requests) if requests else []
+    stored = _write_references(store, model, audit, requests) if requests else []
     added = iter(stored)
     qualities = iter(faces)
     outcomes = []
@@ -227,19 +231,17 @@ def _store_batch(
 
 
 def _write_references(
-    store: Store, model: str, actor: str, requests: list[NewReference]
+    store: Store, model: str, audit: AuditFactory, requests: list[NewReference]
 ) -> list[AddedReference | InvalidInputError]:
     """Store the references and audit the enrolment in one transaction."""
     with store.session() as session:
         stored = store.add_references(requests, model=model, session=session)
         enrolled = [o for o in stored if isinstance(o, AddedReference) and not o.duplicate]
         if enrolled:
-            event = AuditRecord(
-                actor,
+            event = audit(
                 "enrol",
-                "image",
                 [o.image_id for o in enrolled],
-                details={
+                {
                     "subjects": sorted({o.subject for o in enrolled}),
                     "templates": sum(len(o.template_ids) for o in enrolled),
                     "model": model,
@@ -268,6 +270,6 @@ def _face_record(result: Analysed[EnrolItem]) -> FaceRecord:
         landmarks=[(float(x), float(y)) for x, y in face.landmarks[0]],
         detector_score=float(face.scores[0]),
         quality=float(face.quality[0]),
-        chip_png=_png(face.chips[0]) if face.chips is not None else None,
+        chip_png=png_bytes(face.chips[0]) if face.chips is not None else None,
         descriptor=normalise(face.descriptors[:1])[0],  # templates are unit vectors
     )

@@ -20,6 +20,7 @@ class Candidate:
     fmr: float | None  # estimated false match rate at this score; None if uncalibrated
     rank: int
     above_threshold: bool
+    id: int | None = None  # the candidate's record, for review decisions
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,14 @@ class SearchReport:
     threshold: float
     target_fmr: float | None
     top_k: int
-    gallery_subjects: int
+    gallery_subjects: int  # of the searched set: the watchlist, or the whole gallery
     gallery_templates: int
     probes: list[ProbeResult]
+    search_id: int | None = None
+    case: str | None = None
+    scope: str | None = None  # "watchlist" or "gallery"
+    watchlist: str | None = None
+    unmatched_faces_deleted: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +70,7 @@ class VerifyReport:
     match: bool
     fmr: float | None
     meaning: str
+    case: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

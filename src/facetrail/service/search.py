@@ -24,7 +24,7 @@ from facetrail.service.results import (
     SearchReport,
     VerifyReport,
 )
-from facetrail.store import Store
+from facetrail.store import ExactIndex, Store
 from facetrail.vision.calibration import Calibration
 from facetrail.vision.compare import normalise, similarity
 from facetrail.vision.faces import Faces
@@ -70,15 +70,25 @@ def _face_results(faces: Faces) -> list[FaceResult]:
 
 @dataclass(frozen=True)
 class _ProbeImage:
-    """What a result says of its image; the pixels themselves are let go after detection."""
+    """What a result says of its image, and its file's bytes (kept as evidence of the
+    search); the pixels themselves are let go after detection."""
 
     sha256: str
     width: int
     height: int
+    data: bytes
 
     @classmethod
     def of(cls, loaded: LoadedImage) -> _ProbeImage:
-        return cls(loaded.sha256, loaded.width, loaded.height)
+        return cls(loaded.sha256, loaded.width, loaded.height, loaded.data)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a search keeps of one probe besides its result: the file and the face crops."""
+
+    data: bytes | None
+    chips: np.ndarray | None  # (faces, H, W, 3) uint8 aligned crops, in result order
 
 
 def _probe(
@@ -96,14 +106,13 @@ def _probe(
 
 def rank_candidates(
     store: Store,
-    model: str,
+    index: ExactIndex,
     descriptors: np.ndarray,
     scoring: Scoring,
     top_k: int,
     include_below: bool,
 ) -> list[list[Candidate]]:
     """For each probe descriptor, its best `top_k` subjects (best template per subject)."""
-    index = store.index(model)
     if len(descriptors) == 0 or len(index) == 0:
         return [[] for _ in range(len(descriptors))]
     queries = normalise(descriptors)
@@ -143,6 +152,14 @@ def rank_candidates(
     return out
 
 
+def _subset_index(store: Store, model: str, subjects: set[int]) -> ExactIndex:
+    """An index of the templates of `subjects` only: a watchlist is searched as if it
+    were the whole gallery, so its members are never crowded out by people not on it."""
+    matrix = store.templates(model)
+    keep = np.isin(matrix.subject_ids, np.fromiter(subjects, np.int64, len(subjects)))
+    return ExactIndex(matrix.dim, matrix.template_ids[keep], matrix.vectors[keep])
+
+
 def search(
     store: Store,
     analyzer: FaceAnalyzer,
@@ -153,24 +170,29 @@ def search(
     include_below: bool,
     max_pixels: int,
     max_bytes: int,
+    subjects: set[int] | None = None,
     progress: Callable[[ProbeResult], None] | None = None,
-) -> SearchReport:
+) -> tuple[SearchReport, list[Evidence]]:
+    """Search every face of each probe; returns the report and, per probe, its evidence."""
     model = analyzer.model_id
+    index = store.index(model) if subjects is None else _subset_index(store, model, subjects)
 
     def prepare(path: Path) -> tuple[np.ndarray, _ProbeImage]:
         loaded = load_image(path, max_pixels=max_pixels, max_bytes=max_bytes)
         return loaded.pixels, _ProbeImage.of(loaded)
 
-    results = []
+    results, evidence = [], []
     for result in analyzer.stream(list(probes), prepare, mode="thorough"):
         name = str(result.item)
         if result.error is not None:
             probe = _probe(name, None, [], reason_of(result.error))
+            evidence.append(Evidence(None, None))
         else:
             faces = result.faces
             assert faces is not None and faces.descriptors is not None
+            evidence.append(Evidence(result.extra.data, faces.chips))  # type: ignore[union-attr]
             face_results = _face_results(faces)
-            ranked = rank_candidates(store, model, faces.descriptors, scoring, top_k, include_below)
+            ranked = rank_candidates(store, index, faces.descriptors, scoring, top_k, include_below)
             face_results = [
                 FaceResult(f.box, f.quality, f.detector_score, c)
                 for f, c in zip(face_results, ranked, strict=True)
@@ -179,16 +201,20 @@ def search(
         results.append(probe)
         if progress:
             progress(probe)
-    subjects, templates = store.gallery_size(model)
-    return SearchReport(
+    if subjects is None:
+        n_subjects, n_templates = store.gallery_size(model)
+    else:
+        n_subjects, n_templates = len(subjects), len(index)
+    report = SearchReport(
         model=model,
         threshold=round(scoring.threshold, 4),
         target_fmr=scoring.target_fmr,
         top_k=top_k,
-        gallery_subjects=subjects,
-        gallery_templates=templates,
+        gallery_subjects=n_subjects,
+        gallery_templates=n_templates,
         probes=results,
     )
+    return report, evidence
 
 
 def verify(

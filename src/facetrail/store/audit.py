@@ -37,6 +37,8 @@ class AuditRecord:
     object_ids: list[Any] = field(default_factory=list)
     reason: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    role: str | None = None
+    case: str | None = None  # the case reference the action belongs to, if any
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ def _digest(prev_hash: str, seq: int, at: datetime, record: AuditRecord) -> str:
         "reason": record.reason,
         "details": record.details,
     }
+    # Events written before roles and cases existed hash without these keys.
+    if record.role is not None:
+        body["role"] = record.role
+    if record.case is not None:
+        body["case"] = record.case
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
 
@@ -85,7 +92,9 @@ def append(s: Session, record: AuditRecord) -> int:
             seq=seq,
             at=at,
             actor=record.actor,
+            role=record.role,
             action=record.action,
+            case_ref=record.case,
             object_type=record.object_type,
             object_ids=list(record.object_ids),
             reason=record.reason,
@@ -105,7 +114,14 @@ def append(s: Session, record: AuditRecord) -> int:
 
 def _record(row: AuditEvent) -> AuditRecord:
     return AuditRecord(
-        row.actor, row.action, row.object_type, row.object_ids, row.reason, row.details
+        row.actor,
+        row.action,
+        row.object_type,
+        row.object_ids,
+        row.reason,
+        row.details,
+        row.role,
+        row.case_ref,
     )
 
 
@@ -127,9 +143,19 @@ def verify(s: Session) -> ChainReport:
     return ChainReport(True, count)
 
 
-def export(s: Session, since: datetime | None = None) -> Iterator[dict[str, Any]]:
+def export(
+    s: Session,
+    since: datetime | None = None,
+    *,
+    actions: tuple[str, ...] = (),
+    case: str | None = None,
+) -> Iterator[dict[str, Any]]:
     """Events (oldest first) as plain dicts, for JSON lines kept outside the system."""
     stmt = select(AuditEvent).order_by(AuditEvent.seq)
+    if actions:
+        stmt = stmt.where(AuditEvent.action.in_(actions))
+    if case is not None:
+        stmt = stmt.where(AuditEvent.case_ref == case)
     if since is not None:
         if since.tzinfo is None:
             raise StoreError("--since needs a time zone (e.g. 2026-11-26T00:00:00+00:00)")
@@ -139,7 +165,9 @@ def export(s: Session, since: datetime | None = None) -> Iterator[dict[str, Any]
             "seq": row.seq,
             "at": row.at.isoformat(),
             "actor": row.actor,
+            "role": row.role,
             "action": row.action,
+            "case": row.case_ref,
             "object_type": row.object_type,
             "object_ids": row.object_ids,
             "reason": row.reason,

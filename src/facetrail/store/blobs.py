@@ -3,6 +3,10 @@
 Files live at `root/ab/cd/<sha256>`: the name is the hash of the content, so a write is
 idempotent, two subjects sharing an image share one file, and a read can prove the bytes
 are intact. Only 64-character lowercase hex strings ever become path components.
+
+With a `Cipher` the files hold sealed bytes (see `crypto`), still named by the hash of the
+plaintext, since that is what the database and the audit trail refer to. Plain files written
+before a key was configured stay readable, and `seal_existing` converts them.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 from facetrail.errors import InvalidInputError, NotFoundError, StoreError
 from facetrail.files import TMP_PREFIX, fsync_dir, write_atomic
+from facetrail.store.crypto import KEY_HINT, OVERHEAD, Cipher, is_sealed, not_configured
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HEX2 = re.compile(r"[0-9a-f]{2}")
@@ -29,10 +34,21 @@ def check_sha256(sha: str) -> str:
 
 
 class BlobStore:
-    """Immutable blobs addressed by the sha256 of their bytes."""
+    """Immutable blobs addressed by the sha256 of their (plaintext) bytes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cipher: Cipher | None = None) -> None:
         self.root = Path(root)
+        self._cipher = cipher
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether new blobs are written sealed."""
+        return self._cipher is not None
+
+    @staticmethod
+    def context(sha: str) -> bytes:
+        """The associated data that binds a sealed blob to its content address."""
+        return b"blob:" + sha.encode("ascii")
 
     def path(self, sha: str) -> Path:
         """Where the blob with this hash lives (whether or not it exists)."""
@@ -47,8 +63,11 @@ class BlobStore:
         """Store `data` and return its sha256.
 
         Atomic (temporary file, fsync, rename) so a crash never leaves a partial blob under
-        a real name, and idempotent. An existing file is re-hashed and replaced if damaged.
-        `expect`, if given, must equal the hash of `data`.
+        a real name, and idempotent. An existing file is checked against the hash of its
+        plaintext and replaced if damaged, or if it is plain and this store seals. Without a
+        key, an existing sealed file cannot be checked and StoreError says a key is needed
+        (rewriting it in plain would undo its encryption). `expect`, if given, must equal the
+        hash of `data`.
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidInputError("blob data must be bytes")
@@ -57,23 +76,74 @@ class BlobStore:
         if expect is not None and check_sha256(expect) != sha:
             raise InvalidInputError("content does not match its declared sha256")
         target = self.path(sha)
-        if target.is_file() and self._hash_file(target) == sha:
+        if self._cipher is None:
+            if target.is_file() and self._hash_file(target) == sha:
+                return sha
+            if target.is_file() and self._starts_sealed(target):
+                raise not_configured(f"blob {sha}")
+            write_atomic(target, data)
             return sha
-        write_atomic(target, data)
+        if target.is_file() and self._sealed_intact(target, sha):
+            return sha
+        write_atomic(target, self._cipher.seal(data, self.context(sha)))
         return sha
 
+    def _sealed_intact(self, target: Path, sha: str) -> bool:
+        """Whether `target` holds the blob `sha` sealed with this store's key."""
+        assert self._cipher is not None
+        raw = target.read_bytes()
+        if not is_sealed(raw):
+            return False
+        try:
+            plain = self._cipher.open(raw, self.context(sha), what=f"blob {sha}")
+        except StoreError:
+            return False  # damaged, or sealed under another key: the new copy replaces it
+        return hashlib.sha256(plain).hexdigest() == sha
+
     def get(self, sha: str) -> bytes:
-        """The blob's bytes; NotFoundError if absent, StoreError if they fail their hash."""
+        """The blob's plaintext bytes.
+
+        NotFoundError if absent; StoreError if they fail their hash, cannot be decrypted, or
+        are sealed and no key is configured. Plain files (from before a key) are read as is.
+        """
+        raw = self._read(sha)
+        if is_sealed(raw):
+            try:
+                if self._cipher is None:
+                    raise not_configured(f"blob {sha}")
+                data = self._cipher.open(raw, self.context(sha), what=f"blob {sha}")
+            except StoreError:
+                if hashlib.sha256(raw).hexdigest() == sha:
+                    return raw  # plaintext that merely starts like sealed data
+                raise
+        else:
+            data = raw
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise StoreError(f"blob {sha} is corrupt (content does not match its hash)")
+        return data
+
+    def seal_existing(self, sha: str) -> bool:
+        """Rewrite a plain blob file in sealed form (atomically); True if it was plain.
+
+        Files that fail their hash are sealed as they are: `get` still reports them corrupt,
+        and their bytes no longer lie on disk in the clear.
+        """
+        if self._cipher is None:
+            raise InvalidInputError(f"no encryption key configured ({KEY_HINT})")
+        raw = self._read(sha)
+        if is_sealed(raw) and hashlib.sha256(raw).hexdigest() != sha:
+            return False
+        write_atomic(self.path(sha), self._cipher.seal(raw, self.context(sha)))
+        return True
+
+    def _read(self, sha: str) -> bytes:
         p = self.path(sha)
         try:
-            data = p.read_bytes()
+            return p.read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"blob {sha} not found") from None
         except OSError as e:
             raise StoreError(f"blob {sha} cannot be read: {e.strerror}") from None
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise StoreError(f"blob {sha} is corrupt (content does not match its hash)")
-        return data
 
     def delete(self, sha: str) -> bool:
         """Remove the blob; True if it existed."""
@@ -117,6 +187,11 @@ class BlobStore:
                 tmp.unlink()
                 removed += 1
         return removed
+
+    @staticmethod
+    def _starts_sealed(path: Path) -> bool:
+        with path.open("rb") as f:
+            return is_sealed(f.read(OVERHEAD))
 
     @staticmethod
     def _hash_file(path: Path) -> str:

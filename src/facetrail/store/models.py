@@ -87,6 +87,9 @@ class Subject(Base):
     name: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
     reference: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    # When the record must be reviewed (kept only if renewed); None: the policy's period
+    # from `created_at` applies.
+    review_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     images: Mapped[list[Image]] = relationship(
         back_populates="subject", cascade="all, delete-orphan", passive_deletes=True
@@ -188,7 +191,9 @@ class AuditEvent(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     actor: Mapped[str] = mapped_column(String(200), nullable=False)
+    role: Mapped[str | None] = mapped_column(String(32), nullable=True)
     action: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    case_ref: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
     object_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
     object_ids: Mapped[list[Any]] = mapped_column(JSON, nullable=False)
     reason: Mapped[str | None] = mapped_column(String(1000), nullable=True)

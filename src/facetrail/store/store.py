@@ -46,6 +46,7 @@ from facetrail.errors import InvalidInputError, NotFoundError, StoreError
 from facetrail.store import audit
 from facetrail.store.audit import AuditRecord, ChainReport
 from facetrail.store.blobs import BlobStore, check_sha256
+from facetrail.store.crypto import KEY_HINT, OVERHEAD, Cipher, check_key, not_configured
 from facetrail.store.index import ExactIndex
 from facetrail.store.models import (
     GENERATION_KEY,
@@ -95,6 +96,18 @@ _INFO_OWNER = "facetrail.store"
 _INFO_WRITE = "facetrail.write"
 _INFO_HOOKS = "facetrail.after_commit"
 _IN_CHUNK = 500  # bound on bound parameters per IN (...) query
+
+# Every column that names a blob by its sha256. A blob none of them names is garbage that
+# `sweep_blobs` deletes; layers above that keep blobs of their own (probe media) add their
+# columns with `register_blob_column`.
+BLOB_REFERENCES: list[Any] = [Image.sha256, Face.chip_sha256]
+
+
+def register_blob_column(column: Any) -> None:
+    """Declare another column whose values are blob hashes, so sweeps keep those blobs."""
+    if not any(c is column for c in BLOB_REFERENCES):
+        BLOB_REFERENCES.append(column)
+
 
 _MAX_NAME = 200
 _MAX_REFERENCE = 200
@@ -280,10 +293,15 @@ class _CachedIndex:
 class Store:
     """A handle on one data directory; see the module docstring. Use `Store.open`."""
 
-    def __init__(self, data_dir: Path, engine: Engine) -> None:
-        """Wrap an engine whose schema is already migrated (use `open` instead)."""
+    def __init__(self, data_dir: Path, engine: Engine, *, key: bytes | None = None) -> None:
+        """Wrap an engine whose schema is already migrated (use `open` instead).
+
+        With a 32-byte `key`, blobs and templates are written sealed (AES-256-GCM) and sealed
+        ones are opened on read; plain ones from before a key was set stay readable.
+        """
         self.data_dir = data_dir
-        self.blobs = BlobStore(data_dir / BLOBS_DIR)
+        self._cipher = Cipher(key) if key is not None else None
+        self.blobs = BlobStore(data_dir / BLOBS_DIR, cipher=self._cipher)
         self._engine: Engine | None = engine
         self._sqlite = engine.dialect.name == "sqlite"
         self._write_sessions = sessionmaker(
@@ -297,13 +315,16 @@ class Store:
     # ----------------------------------------------------------------- lifecycle
 
     @classmethod
-    def open(cls, data_dir: Path, url: str | None = None) -> Store:
+    def open(cls, data_dir: Path, url: str | None = None, *, key: bytes | None = None) -> Store:
         """Open (creating and migrating if needed) the store in `data_dir`.
 
         `url` selects another database (PostgreSQL); blobs and the lock file stay in
         `data_dir`. Migration runs under an exclusive file lock so that two processes
-        opening a new directory at once do not both try to create the schema.
+        opening a new directory at once do not both try to create the schema. `key` is the
+        encryption key at rest (see `__init__`), checked before anything is created.
         """
+        if key is not None:
+            key = check_key(key)
         data_dir = Path(data_dir)
         try:
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -329,7 +350,7 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
-        return cls(data_dir, engine)
+        return cls(data_dir, engine, key=key)
 
     @staticmethod
     def _migrate(engine: Engine) -> None:
@@ -652,7 +673,7 @@ class Store:
                         "subject_id": sid,
                         "model": model,
                         "dim": dim,
-                        "vector": _to_le_bytes(p.vector),
+                        "vector": self._seal_template(_to_le_bytes(p.vector), model),
                     }
                 )
                 vectors.append(p.vector)
@@ -832,8 +853,9 @@ class Store:
         return removed
 
     def _delete_unreferenced(self, s: Session, batch: list[str]) -> int:
-        used = set(s.scalars(select(Image.sha256).where(Image.sha256.in_(batch))))
-        used.update(s.scalars(select(Face.chip_sha256).where(Face.chip_sha256.in_(batch))))
+        used: set[str] = set()
+        for column in BLOB_REFERENCES:
+            used.update(s.scalars(select(column).where(column.in_(batch))))
         return sum(1 for sha in batch if sha not in used and self.blobs.delete(sha))
 
     def _checkpoint(self) -> bool | None:
@@ -946,8 +968,7 @@ class Store:
         with self.session(write=False) as s:
             return self._read_templates(s, model)
 
-    @staticmethod
-    def _read_templates(s: Session, model: str) -> TemplateMatrix:
+    def _read_templates(self, s: Session, model: str) -> TemplateMatrix:
         rows = s.execute(
             select(Template.id, Template.subject_id, Template.dim, Template.vector)
             .where(Template.model == model)
@@ -965,7 +986,10 @@ class Store:
         dim = int(rows[0][2])
         if any(r[2] != dim for r in rows):
             raise StoreError(f"templates of model {model!r} have mixed lengths (damaged?)")
-        raw = bytearray().join(r[3] for r in rows)  # one writable buffer
+        stored = [r[3] for r in rows]
+        if self._cipher is not None or any(len(v) != dim * 4 for v in stored):
+            stored = self._open_templates(stored, model, dim, [r[0] for r in rows])
+        raw = bytearray().join(stored)  # one writable buffer
         if len(raw) != n * dim * 4:
             raise StoreError(f"a template of model {model!r} has the wrong size (damaged?)")
         vectors = np.frombuffer(raw, dtype="<f4").reshape(n, dim).astype(np.float32, copy=False)
@@ -976,6 +1000,89 @@ class Store:
             subject_ids=np.fromiter((r[1] for r in rows), dtype=np.int64, count=n),
             vectors=vectors,
         )
+
+    # ----------------------------------------------------------------- encryption at rest
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether this handle has a key: new blobs and templates are written sealed."""
+        return self._cipher is not None
+
+    @staticmethod
+    def _template_context(model: str) -> bytes:
+        """Associated data of a sealed template: it is one of `model`'s, not a blob."""
+        return b"template:" + model.encode("utf-8")
+
+    def _seal_template(self, plain: bytes, model: str) -> bytes:
+        if self._cipher is None:
+            return plain
+        return self._cipher.seal(plain, self._template_context(model))
+
+    def _open_templates(
+        self, stored: list[bytes], model: str, dim: int, template_ids: list[int]
+    ) -> list[bytes]:
+        """Plaintexts of stored template vectors, sealed or (from before a key) plain.
+
+        The size tells the two apart: dim*4 bytes is plain, dim*4 + OVERHEAD is sealed, so a
+        plain vector whose bytes happen to start like sealed data is never mistaken. Rows of
+        any other size pass through for the caller's size check.
+        """
+        sealed_size = dim * 4 + OVERHEAD
+        if self._cipher is None:
+            if any(len(v) == sealed_size for v in stored):
+                raise not_configured(f"templates of model {model!r}")
+            return stored
+        context = self._template_context(model)
+        what = f"templates of model {model!r}"
+        try:
+            if all(len(v) == sealed_size for v in stored):  # the usual case: all sealed
+                return self._cipher.open_many(stored, context, what=what)
+            return [
+                self._cipher.open(v, context, what=what) if len(v) == sealed_size else v
+                for v in stored
+            ]
+        except StoreError:
+            # Name the first row that fails, for whoever has to repair it.
+            for tid, v in zip(template_ids, stored, strict=True):
+                if len(v) == sealed_size:
+                    self._cipher.open(v, context, what=f"template {tid} of model {model!r}")
+            raise
+
+    def encrypt_existing(self) -> dict[str, int]:
+        """Seal every plain blob file and template row (written before a key was set).
+
+        Runs in one write transaction, so no enrolment interleaves; each blob is rewritten
+        atomically, and template rows commit together. Idempotent: sealed data is left
+        alone. Returns counts: `blobs` and `templates` sealed now, `temporary_files` (left by
+        crashed writes, possibly plaintext) removed. InvalidInputError without a key.
+        """
+        if self._cipher is None:
+            raise InvalidInputError(f"no encryption key configured ({KEY_HINT})")
+        blobs = templates = 0
+        with self.session(write=True) as s:
+            try:
+                temporary = self.blobs.remove_temporary_files()
+                for sha in self.blobs.iter_hashes():
+                    blobs += self.blobs.seal_existing(sha)
+            except OSError as e:
+                raise StoreError(f"cannot encrypt the blob store: {e.strerror}") from None
+            last = 0
+            while True:
+                rows = s.execute(
+                    select(Template.id, Template.model, Template.vector)
+                    .where(Template.id > last, func.length(Template.vector) == Template.dim * 4)
+                    .order_by(Template.id)
+                    .limit(_IN_CHUNK)
+                ).all()
+                if not rows:
+                    break
+                s.execute(
+                    update(Template),
+                    [{"id": tid, "vector": self._seal_template(v, m)} for tid, m, v in rows],
+                )
+                templates += len(rows)
+                last = int(rows[-1][0])
+        return {"blobs": blobs, "templates": templates, "temporary_files": temporary}
 
     def subject_names(self, subject_ids: Iterable[int]) -> dict[int, str]:
         """Names of the given subject ids; ids that no longer exist are left out."""
@@ -1023,9 +1130,15 @@ class Store:
         with self.session(write=False) as s:
             return audit.verify(s)
 
-    def export_audit(self, since: datetime | None = None) -> list[dict[str, Any]]:
+    def export_audit(
+        self,
+        since: datetime | None = None,
+        *,
+        actions: tuple[str, ...] = (),
+        case: str | None = None,
+    ) -> list[dict[str, Any]]:
         with self.session(write=False) as s:
-            return list(audit.export(s, since))
+            return list(audit.export(s, since, actions=actions, case=case))
 
     # ----------------------------------------------------------------- index
 
