@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from conftest import CASE, make_team
 from facetrail.config import Settings
 from facetrail.errors import InvalidInputError, StoreError
 from facetrail.store import BlobStore, FaceRecord, ImageRecord, Store
@@ -218,16 +219,18 @@ def test_wrong_key_and_missing_key_are_refused(tmp_path: Path) -> None:
             store.index(MODEL)
         with pytest.raises(StoreError, match="wrong key or damaged data"):
             store.blobs.get(image.sha256)
-    with Store.open(data_dir) as store:
-        with pytest.raises(StoreError, match="FACETRAIL_ENCRYPTION_KEY") as e:
-            store.templates(MODEL)
-        assert "encrypted" in str(e.value)
-        with pytest.raises(StoreError, match="encryption_key_file"):
-            store.blobs.get(image.sha256)
-        # Enrolling the same image without a key must not rewrite its file in the clear.
-        with pytest.raises(StoreError, match="encrypted"):
-            enrol(store, rng, "bob", image)
-    assert store.blobs.path(image.sha256).read_bytes().startswith(MAGIC)
+    # A store once opened with a key refuses handles without one, which would write new
+    # images and templates in the clear.
+    with pytest.raises(StoreError, match="FACETRAIL_ENCRYPTION_KEY") as e:
+        Store.open(data_dir)
+    assert "encrypted" in str(e.value)
+    # Below the store, the blob files themselves refuse to be read or rewritten without it.
+    blobs = BlobStore(data_dir / "blobs")
+    with pytest.raises(StoreError, match="encryption_key_file"):
+        blobs.get(image.sha256)
+    with pytest.raises(StoreError, match="encrypted"):
+        blobs.put(image.data)
+    assert blobs.path(image.sha256).read_bytes().startswith(MAGIC)
 
 
 def test_store_open_refuses_a_bad_key_before_creating_anything(tmp_path: Path) -> None:
@@ -346,8 +349,8 @@ def test_plain_data_stays_readable_and_encrypt_existing_seals_it(tmp_path: Path)
         assert_same_bits(after.vectors[:3], np.stack([f.descriptor for _, f in old]))
         for image, _ in old:
             assert store.blobs.get(image.sha256) == image.data
-    with Store.open(data_dir) as store, pytest.raises(StoreError, match="encrypted"):
-        store.templates(MODEL)
+    with pytest.raises(StoreError, match="encrypted"):
+        Store.open(data_dir)
 
 
 def test_encrypt_existing_removes_temporary_files(tmp_path: Path) -> None:
@@ -477,3 +480,29 @@ def test_blob_plaintext_that_looks_sealed(tmp_path: Path) -> None:
     assert sealed.path(sha).read_bytes() != data
     assert sealed.get(sha) == data
     assert sealed.seal_existing(sha) is False
+
+
+# --------------------------------------------------------------------------- service
+
+
+def test_service_seals_gallery_and_probe_files(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a key in the environment, every file the service keeps is sealed: reference
+    images, crops, a search's probe file and its face crop; search still finds the subject."""
+    monkeypatch.setenv("FACETRAIL_ENCRYPTION_KEY", base64.b64encode(KEY).decode())
+    images = shared_data / "examples/face_recognition"
+    probe = images / "knn_examples/test/obama1.jpg"
+    team = make_team(tmp_path / "data")
+    with team.open("admin") as admin:
+        admin.enrol([images / "knn_examples/train/obama"], subject="obama")
+    with team.open("investigator") as investigator:
+        report = investigator.search([probe], case=CASE)
+        assert report.probes[0].faces[0].candidates[0].subject == "obama"
+        files = blob_files(investigator.store)
+    assert len(files) == 2 + 2 + 2  # two images and their crops, the probe and its crop
+    assert all(raw.startswith(MAGIC) for raw in files.values())
+    assert found_anywhere(team.data, probe.read_bytes()[:4096]) == []
+    monkeypatch.delenv("FACETRAIL_ENCRYPTION_KEY")
+    with pytest.raises(StoreError, match="encrypted"):
+        team.open("investigator")

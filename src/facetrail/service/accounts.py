@@ -170,6 +170,22 @@ def caller_for_token(s: Session, token: object) -> Caller:
     return Caller(user.id, user.name, Role(user.role), tok.id)
 
 
+def recheck(s: Session, caller: Caller) -> None:
+    """Refuse a caller whose token was revoked, expired or whose account was disabled since
+    the handle was opened (a long-lived handle must not outlive its authority)."""
+    row = s.execute(
+        select(ApiToken.revoked_at, ApiToken.expires_at, User.active)
+        .join(User, User.id == ApiToken.user_id)
+        .where(ApiToken.id == caller.token_id, User.id == caller.user_id)
+    ).first()
+    if row is None or row.revoked_at is not None:
+        raise AuthenticationError("this token has been revoked: log in again")
+    if row.expires_at <= utcnow():
+        raise AuthenticationError("this token has expired: log in again")
+    if not row.active:
+        raise AuthenticationError(f"the account {caller.name!r} is disabled")
+
+
 def tokens_of(s: Session, user_id: int | None) -> list[TokenInfo]:
     stmt = select(ApiToken, User.name).join(User, User.id == ApiToken.user_id)
     if user_id is not None:

@@ -16,7 +16,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +66,14 @@ class _Shared:
         self.settings = settings
         self.store = Store.open(settings.data, key=settings.encryption_key_bytes())
         self._lock = threading.Lock()
+        self._analyzer: FaceAnalyzer | None = None
 
-    @cached_property
+    @property
     def analyzer(self) -> FaceAnalyzer:
-        with self._lock:
-            return FaceAnalyzer(self.settings)
+        with self._lock:  # built once, on first use, whichever caller's thread asks first
+            if self._analyzer is None:
+                self._analyzer = FaceAnalyzer(self.settings)
+            return self._analyzer
 
 
 class Facetrail:
@@ -118,8 +120,16 @@ class Facetrail:
         return other
 
     # -- plumbing --------------------------------------------------------------------------
+    def _current(self) -> Caller:
+        """The caller, after checking again that their token and account still stand."""
+        caller = authenticated(self.caller)
+        if caller.token_id is not None:
+            with self._read() as s:
+                accounts.recheck(s, caller)
+        return caller
+
     def _need(self, op: Op) -> Caller:
-        return require(self.caller, op)
+        return require(self._current(), op)
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
@@ -185,8 +195,7 @@ class Facetrail:
             # typed into the name field must not land in the trail).
             with self._write() as s:
                 known = s.scalar(select(User.id).where(User.name == name)) is not None
-                who = Caller(0, name if known else "unknown", Role.ADMIN)
-                record = AuditRecord(who.name, "login.failed", "user")
+                record = AuditRecord(name if known else "unknown", "login.failed", "user")
                 self.store.audit(record, session=s)
             raise
         self.caller = caller
@@ -198,7 +207,7 @@ class Facetrail:
         return self.caller
 
     def logout(self) -> None:
-        caller = authenticated(self.caller)
+        caller = self._current()
         if caller.token_id is None:
             raise AuthenticationError("not logged in with a token")
         with self._write() as s:
@@ -207,7 +216,7 @@ class Facetrail:
         self.caller = None
 
     def whoami(self) -> accounts.UserInfo:
-        caller = authenticated(self.caller)
+        caller = self._current()
         with self._read() as s:
             return accounts.user_info(accounts.get_user(s, caller.name))
 
@@ -257,7 +266,7 @@ class Facetrail:
 
     def create_token(self, label: str, days: int | None = None) -> accounts.IssuedToken:
         """A new token for the caller (for scripts), valid at most the policy's days."""
-        caller = authenticated(self.caller)
+        caller = self._current()
         with self._write() as s:
             limit = self._policy(s).token_days
             if days is not None and not 0 < days <= limit:
@@ -269,12 +278,12 @@ class Facetrail:
 
     def tokens(self) -> list[accounts.TokenInfo]:
         """The caller's tokens (an administrator sees everyone's)."""
-        caller = authenticated(self.caller)
+        caller = self._current()
         with self._read() as s:
             return accounts.tokens_of(s, None if caller.role == Role.ADMIN else caller.user_id)
 
     def revoke_token(self, token_id: int) -> None:
-        caller = authenticated(self.caller)
+        caller = self._current()
         with self._write() as s:
             owner = None if caller.role == Role.ADMIN else caller.user_id
             accounts.revoke(s, token_id, owner)

@@ -95,6 +95,7 @@ _WRITE_OPTION = "facetrail_write"
 _INFO_OWNER = "facetrail.store"
 _INFO_WRITE = "facetrail.write"
 _INFO_HOOKS = "facetrail.after_commit"
+ENCRYPTED_KEY = "encrypted"  # store_state: 1 once a key has been used on this store
 _IN_CHUNK = 500  # bound on bound parameters per IN (...) query
 
 # Every column that names a blob by its sha256. A blob none of them names is garbage that
@@ -347,10 +348,27 @@ class Store:
         try:
             with _file_lock(data_dir / LOCK_NAME):
                 cls._migrate(engine)
+                cls._check_encryption(engine, key)
         except BaseException:
             engine.dispose()
             raise
         return cls(data_dir, engine, key=key)
+
+    @staticmethod
+    def _check_encryption(engine: Engine, key: bytes | None) -> None:
+        """Once a key has been used here, refuse handles without one: they would write new
+        images and templates in the clear into an encrypted store."""
+        with engine.execution_options(**{_WRITE_OPTION: True}).begin() as conn:
+            marked = conn.execute(
+                select(StoreState.value).where(StoreState.key == ENCRYPTED_KEY)
+            ).scalar()
+            if key is None and marked:
+                raise StoreError(
+                    "this data directory is encrypted at rest: configure its key "
+                    f"({KEY_HINT})"
+                )
+            if key is not None and not marked:
+                conn.execute(insert(StoreState).values(key=ENCRYPTED_KEY, value=1))
 
     @staticmethod
     def _migrate(engine: Engine) -> None:
