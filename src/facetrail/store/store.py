@@ -364,8 +364,7 @@ class Store:
             ).scalar()
             if key is None and marked:
                 raise StoreError(
-                    "this data directory is encrypted at rest: configure its key "
-                    f"({KEY_HINT})"
+                    f"this data directory is encrypted at rest: configure its key ({KEY_HINT})"
                 )
             if key is not None and not marked:
                 conn.execute(insert(StoreState).values(key=ENCRYPTED_KEY, value=1))
