@@ -348,7 +348,7 @@ def test_subjects_are_erased_at_review_unless_renewed(team: Team) -> None:
         aut.renew_subject("kit_harington", utcnow() + timedelta(days=30), reason="still wanted")
         run = admin.run_retention()
         assert run.subjects_erased == ["obama"]
-        print("BLOBS", run.blobs_deleted)
+        assert run.blobs_deleted == 2  # its image and its face crop
         model = admin.analyzer.model_id
         index_ids = set(admin.store.index(model).ids.tolist())
 

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from facetrail.cli.common import (
+    STATE,
     DataOpt,
     JsonOpt,
     PasswordStdin,
@@ -16,6 +17,7 @@ from facetrail.cli.common import (
     out,
     read_password,
     save_token,
+    saved_token,
     session,
     show,
     when,
@@ -78,7 +80,9 @@ def logout(data: DataOpt = None, as_json: JsonOpt = False) -> None:
     """Revoke the current token and forget it."""
     with session(data, as_json) as ft:
         ft.logout()
-        save_token(ft.settings.data, None)
+        # Forget the saved token only if it is the one logged out (not a --token's).
+        if STATE.token is None or STATE.token == saved_token(ft.settings.data):
+            save_token(ft.settings.data, None)
     show({"logged_out": True}, as_json, lambda _: out.print("logged out"))
 
 

@@ -160,6 +160,8 @@ def jsonable(value: Any) -> Any:
         return asdict(value)  # type: ignore[arg-type]
     if isinstance(value, list):
         return [jsonable(v) for v in value]
+    if isinstance(value, dict):  # {"users": [...]} and the like: their items too
+        return {k: jsonable(v) for k, v in value.items()}
     return value
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from facetrail.cli.common import (
@@ -21,6 +24,7 @@ from facetrail.cli.common import (
     session,
 )
 from facetrail.service.search import all_failed
+from facetrail.service.sheets import clock
 
 app = typer.Typer()
 eval_app = typer.Typer(help="Measure accuracy on labelled data.", no_args_is_help=True)
@@ -89,9 +93,39 @@ def verify(
     out.print(report.meaning)
 
 
+@contextmanager
+def _search_progress(probes: int) -> Iterator[tuple[Any, Any]]:
+    """A bar over the probes and, per video, one over its footage with the real-time factor."""
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[done]}"),
+        TextColumn("{task.fields[speed]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,  # no bar in logs and pipes
+    )
+    overall = progress.add_task("searching", total=probes, done="", speed="")
+    videos: dict[str, Any] = {}
+
+    def on_probe(_: Any) -> None:
+        progress.advance(overall, 1)
+        progress.update(overall, done=f"{progress.tasks[overall].completed:.0f}/{probes} files")
+
+    def on_video(name: str, frames: int, done: float, duration: float | None, wall: float) -> None:
+        if name not in videos:
+            videos[name] = progress.add_task(Path(name).name, total=duration, done="", speed="")
+        speed = f"{done / wall:.1f}x real time" if wall > 0 else ""
+        progress.update(videos[name], completed=done, done=f"{frames} frames", speed=speed)
+
+    with progress:
+        yield on_probe, on_video
+
+
 @app.command()
 def search(
-    probes: Annotated[list[Path], typer.Argument(help="Probe images.")],
+    probes: Annotated[list[Path], typer.Argument(help="Probe images and videos.")],
     case: CaseOpt,
     watchlist: Annotated[
         str | None,
@@ -110,12 +144,16 @@ def search(
     include_below: Annotated[
         bool, typer.Option("--all", help="Also list candidates below the threshold.")
     ] = False,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Also write best-shot crops and a contact sheet here."),
+    ] = None,
     data: DataOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Search every face of each probe image in a case; candidates are kept for review."""
-    with session(data, as_json) as ft, progress_bar("searching") as (total, advance):
-        total(len(probes))
+    """Search every face of each probe image, and every appearance in each video, in a case;
+    candidates are kept for review."""
+    with session(data, as_json) as ft, _search_progress(len(probes)) as (on_probe, on_video):
         report = ft.search(
             probes,
             case=case,
@@ -124,7 +162,9 @@ def search(
             top_k=top_k,
             threshold=threshold,
             include_below=include_below,
-            progress=lambda _: advance(1),
+            progress=on_probe,
+            video_progress=on_video,
+            out=out_dir,
         )
     failed = all_failed(report)
     if as_json:
@@ -134,9 +174,56 @@ def search(
         emit_json(body)
     else:
         _print_search(report)
+        if out_dir is not None:
+            out.print(f"best shots and contact_sheet.jpg written to {out_dir}")
     if failed:
         err.print(f"error: no probe could be read ({report.probes[0].error})")
         raise typer.Exit(3)
+
+
+@app.command()
+def cluster(
+    media: Annotated[list[Path], typer.Argument(help="Images and videos.")],
+    case: CaseOpt,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Similarity to join a person (default: estimated FMR 1e-4)."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write persons.jpg, one tile per person.")
+    ] = None,
+    data: DataOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Group the faces of many images and videos into unknown persons, without a gallery."""
+    with session(data, as_json) as ft, _search_progress(len(media)) as (on_probe, on_video):
+        report = ft.cluster(
+            media,
+            case=case,
+            threshold=threshold,
+            out=out_dir,
+            progress=on_probe,
+            video_progress=on_video,
+        )
+    if as_json:
+        return emit_json(report)
+    out.print(
+        f"{report.sightings} face(s) and appearance(s) in {len(report.probes)} file(s): "
+        f"{len(report.persons)} person(s), {report.recurring} seen in two or more files "
+        f"(threshold {report.threshold:.4f})"
+    )
+    for probe in report.probes:
+        if probe.error:
+            out.print(f"  {probe.probe}: {probe.error}")
+    for person in report.persons:
+        where = ", ".join(
+            Path(s.media).name
+            + (f" {clock(s.start)}-{clock(s.end)}" if s.start is not None else "")
+            for s in person.sightings
+        )
+        out.print(f"person {person.id} ({person.files} file(s)): {where}")
+    if out_dir is not None:
+        out.print(f"contact sheet written to {out_dir / 'persons.jpg'}")
 
 
 def _print_search(report: Any) -> None:
@@ -151,10 +238,26 @@ def _print_search(report: Any) -> None:
         if probe.error:
             out.print(f"[bold]{escape(probe.probe)}[/]: [red]{escape(probe.error)}[/]", markup=True)
             continue
-        out.print(f"[bold]{escape(probe.probe)}[/]: {len(probe.faces)} face(s)", markup=True)
+        if probe.video is not None:
+            v = probe.video
+            state = "" if v.complete else f"; INCOMPLETE: {'; '.join(v.warnings) or 'damaged'}"
+            out.print(
+                f"[bold]{escape(probe.probe)}[/]: video, {v.duration:.1f} s, "
+                f"{v.frames_analysed} of {v.frames_decoded} frames analysed, {v.tracks} "
+                f"appearance(s), {len(probe.faces)} with candidates{escape(state)}",
+                markup=True,
+            )
+        else:
+            out.print(f"[bold]{escape(probe.probe)}[/]: {len(probe.faces)} face(s)", markup=True)
         for i, face in enumerate(probe.faces, start=1):
             box = ",".join(f"{v:.0f}" for v in face.box)
-            out.print(f"  face {i} box [{box}] quality {face.quality:.2f}")
+            if face.start is not None:
+                out.print(
+                    f"  appearance {face.track}: {clock(face.start)}-{clock(face.end)}, best "
+                    f"shot at {clock(face.best_time)} box [{box}] quality {face.quality:.2f}"
+                )
+            else:
+                out.print(f"  face {i} box [{box}] quality {face.quality:.2f}")
             if not face.candidates:
                 out.print("    no candidate above the threshold")
                 continue

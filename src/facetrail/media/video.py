@@ -199,7 +199,11 @@ class Video:
             raise MediaError(f"{self.info.name}: frames() can be read only once")
         self._used = True
         period = 1.0 / self.sample_fps if self.sample_fps else 0.0
+        # A frame on a sampling instant is kept even where float rounding or a coarse time
+        # base puts it a hair before it (in floating point, 1.4 < 1.3 + 0.1).
+        slack = period / 20
         next_time = float("-inf")
+        damaged_packets = damaged_frames = 0
         stats, name = self.stats, self.info.name
         consecutive = 0
         fallback_rate = self.info.fps or 25.0
@@ -215,6 +219,8 @@ class Video:
             except (av.FFmpegError, ValueError) as e:  # the demuxer itself gave up: truncated
                 stats.warnings.append(f"reading stopped early: {_reason(e)}")
                 break
+            if packet.is_corrupt:  # the demuxer saw damage (an MPEG-TS continuity error, say)
+                damaged_packets += 1
             try:
                 decoded = packet.decode()
                 consecutive = 0
@@ -228,12 +234,14 @@ class Video:
             for frame in decoded:
                 index = stats.frames_decoded
                 stats.frames_decoded += 1
+                if frame.is_corrupt:  # decoded, with the decoder's error concealment
+                    damaged_frames += 1
                 t = frame.time
                 # Seconds from the first frame (containers often start at a non-zero time).
                 time = max(0.0, float(t) - start) if t is not None else index / fallback_rate
                 stats.last_time = max(stats.last_time, time)
                 if period:
-                    if time < next_time:
+                    if time < next_time - slack:
                         continue
                     # On a grid of `period` from the first kept frame; after a gap in the
                     # footage, from this frame.
@@ -244,6 +252,10 @@ class Video:
                     continue
                 stats.frames_sampled += 1
                 yield Frame(index, time, pixels)
+        if damaged_packets:
+            stats.warnings.append(f"{damaged_packets} damaged packets were decoded as they were")
+        if damaged_frames:
+            stats.warnings.append(f"{damaged_frames} frames were decoded with errors concealed")
         if stats.frames_decoded == 0:
             raise MediaError(f"{name}: no frame could be decoded (corrupt or truncated)")
 

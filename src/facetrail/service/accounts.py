@@ -8,6 +8,7 @@ same work, so the error does not tell which names exist.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -27,8 +28,13 @@ from facetrail.store.models import utcnow
 TOKEN_PREFIX = "ft_"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
 _hasher = PasswordHasher()
-# Verified when the name is unknown, so that both failures cost the same.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the name is unknown, so that both failures cost the same (made on first
+    use: hashing at import would slow every command's start)."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ def check_password(s: Session, name: str, password: str) -> User:
     """The active user with this name and password, or AuthenticationError."""
     user = s.scalar(select(User).where(User.name == name)) if isinstance(name, str) else None
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        _hasher.verify(user.password_hash if user else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         user = None
     if user is None or not user.active:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -31,11 +32,21 @@ from facetrail.errors import (
     PolicyError,
 )
 from facetrail.evaluation.lfw import LfwReport, evaluate_lfw
-from facetrail.service import accounts, cases, retention, review, watchlists
+from facetrail.files import write_atomic
+from facetrail.service import (
+    accounts,
+    cases,
+    clustering,
+    retention,
+    review,
+    sheets,
+    watchlists,
+)
 from facetrail.service import enrol as enrolment
 from facetrail.service import policy as policies
 from facetrail.service import search as searching
 from facetrail.service.access import SYSTEM, Caller, Op, Role, authenticated, require
+from facetrail.service.footage import VideoOptions, VideoProgress
 from facetrail.service.results import (
     EnrolItemResult,
     EnrolReport,
@@ -54,7 +65,9 @@ from facetrail.store import (
 )
 from facetrail.store.models import Subject, utcnow
 from facetrail.vision.calibration import Calibration, calibration_file, find_calibration
+from facetrail.vision.detector import HogDetector
 from facetrail.vision.pipeline import FaceAnalyzer
+from facetrail.vision.tracker import TrackerConfig
 
 RETENTION_ACTIONS = ("retention.purge", "retention.erase", "retention.run")
 
@@ -67,6 +80,7 @@ class _Shared:
         self.store = Store.open(settings.data, key=settings.encryption_key_bytes())
         self._lock = threading.Lock()
         self._analyzer: FaceAnalyzer | None = None
+        self._video_analyzer: FaceAnalyzer | None = None
 
     @property
     def analyzer(self) -> FaceAnalyzer:
@@ -74,6 +88,18 @@ class _Shared:
             if self._analyzer is None:
                 self._analyzer = FaceAnalyzer(self.settings)
             return self._analyzer
+
+    @property
+    def video_analyzer(self) -> FaceAnalyzer:
+        """The same models behind the video detector: its own smallest face and pixel
+        budget per frame, grey HOG."""
+        descriptor = self.analyzer.descriptor
+        with self._lock:
+            if self._video_analyzer is None:
+                s = self.settings
+                detector = HogDetector(s.video_min_face, s.video_detect_pixels, grey=True)
+                self._video_analyzer = FaceAnalyzer(s, detector=detector, descriptor=descriptor)
+            return self._video_analyzer
 
 
 class Facetrail:
@@ -543,6 +569,27 @@ class Facetrail:
         target = self.settings.target_fmr
         return searching.Scoring(calibration.threshold_for(target), target, calibration)
 
+    def _video_options(
+        self, scoring: searching.Scoring, progress: VideoProgress | None
+    ) -> VideoOptions:
+        """How videos are read and tracked. Tracks link faces that look alike at a lenient
+        bar when their boxes overlap (estimated FMR 1e-2), or anywhere at a strict one (1e-4);
+        without a calibration, the search threshold serves for both."""
+        calibration = scoring.calibration
+        if calibration is not None:
+            link, same = calibration.threshold_for(1e-2), calibration.threshold_for(1e-4)
+        else:
+            link = same = scoring.threshold
+        fps = self.settings.video_fps
+        return VideoOptions(
+            analyzer=self._shared.video_analyzer,
+            sample_fps=fps if fps > 0 else None,
+            tracker=TrackerConfig(link_similarity=link, same_similarity=max(link, same)),
+            max_pixels=self.settings.max_image_pixels,
+            max_bytes=self.settings.max_video_bytes,
+            progress=progress,
+        )
+
     def _floor(self, policy: policies.Policy, scoring: searching.Scoring) -> float:
         if policy.threshold_floor is not None:
             return policy.threshold_floor
@@ -636,10 +683,13 @@ class Facetrail:
         include_below: bool = False,
         reason: str | None = None,
         progress: Callable[[ProbeResult], None] | None = None,
+        video_progress: VideoProgress | None = None,
+        out: str | Path | None = None,
     ) -> SearchReport:
-        """Search each probe's faces in a case, against an authorised watchlist or (with an
-        approval) the whole gallery; the search, its kept faces and candidates are stored
-        for review, faces that matched nothing are not."""
+        """Search each probe's faces (images) and appearances (videos) in a case, against an
+        authorised watchlist or (with an approval) the whole gallery; the search, its kept
+        faces and candidates are stored for review, faces that matched nothing are not.
+        `out`: also write each kept face's best shot and a contact sheet there."""
         caller = self._need(Op.SEARCH)
         k = top_k or self.settings.top_k
         if k < 1:
@@ -650,6 +700,7 @@ class Facetrail:
             _, subjects, _ = self._allowed_scope(
                 s, caller, found, scoring, watchlist, include_below
             )
+            keep = self._policy(s).keep_unmatched_probe_faces
         report, evidence = searching.search(
             self.store,
             self.analyzer,
@@ -660,6 +711,8 @@ class Facetrail:
             max_pixels=self.settings.max_image_pixels,
             max_bytes=self.settings.max_file_bytes,
             subjects=subjects,
+            video=self._video_options(scoring, video_progress),
+            keep_all=keep,
             progress=progress,
         )
         with self._write() as s:
@@ -667,7 +720,6 @@ class Facetrail:
             # expired, or the case closed, while the probes were analysed.
             found = cases.get_case(s, caller, case, need_open=True)
             w, _, used = self._allowed_scope(s, caller, found, scoring, watchlist, include_below)
-            keep = self._policy(s).keep_unmatched_probe_faces
             stored = review.persist(
                 s,
                 self.store,
@@ -698,7 +750,82 @@ class Facetrail:
                 candidates=sum(len(f.candidates) for p in stored.probes for f in p.faces),
                 unmatched_faces_deleted=stored.unmatched_faces_deleted,
             )
+        if out is not None:
+            files = _export_best_shots(Path(out), stored, evidence, keep)
+            with self._write() as s:
+                self._audit(
+                    s,
+                    caller,
+                    "search.export",
+                    "search",
+                    [stored.search_id],
+                    case=found.reference,
+                    folder=str(out),
+                    files=len(files),
+                )
         return stored
+
+    def cluster(
+        self,
+        media: Iterable[str | Path],
+        *,
+        case: str,
+        threshold: float | None = None,
+        out: str | Path | None = None,
+        progress: Callable[[ProbeResult], None] | None = None,
+        video_progress: VideoProgress | None = None,
+    ) -> clustering.ClusterReport:
+        """Group the faces and appearances of many files into unknown persons, in a case.
+        Nothing is stored; `out` writes a contact sheet with one tile per person."""
+        caller = self._need(Op.SEARCH)
+        with self._read() as s:
+            reference = cases.get_case(s, caller, case, need_open=True).reference
+        scoring = self.scoring()
+        if threshold is None:
+            if scoring.calibration is None:
+                raise InvalidInputError("this model has no calibration: give --threshold")
+            threshold = scoring.calibration.threshold_for(1e-4)
+        if not -1.0 <= threshold <= 1.0:
+            raise InvalidInputError(f"threshold {threshold} is outside the score range [-1, 1]")
+        items, probes = clustering.collect(
+            self.analyzer,
+            [Path(p) for p in media],
+            self._video_options(scoring, video_progress),
+            max_pixels=self.settings.max_image_pixels,
+            max_bytes=self.settings.max_file_bytes,
+            progress=progress,
+        )
+        result, faces = clustering.report(self.analyzer.model_id, threshold, items, probes)
+        if out is not None:
+            folder = sheets.prepare_dir(Path(out))
+            tiles = [
+                sheets.Tile(
+                    np.asarray(faces[p.id]),
+                    [
+                        f"person {p.id}",
+                        f"{len(p.sightings)} sightings, {p.files} files",
+                        _where(p.sightings[0]),
+                    ],
+                )
+                for p in result.persons
+                if faces[p.id] is not None
+            ]
+            sheets.write_sheet(folder, "persons.jpg", tiles)
+        with self._write() as s:
+            self._audit(
+                s,
+                caller,
+                "cluster",
+                "probe",
+                sorted({p.sha256 for p in probes if p.sha256}),
+                case=reference,
+                threshold=result.threshold,
+                sightings=result.sightings,
+                persons=len(result.persons),
+                recurring=result.recurring,
+                folder=None if out is None else str(out),
+            )
+        return result
 
     # -- review ----------------------------------------------------------------------------
     def searches(self, case: str) -> list[review.SearchView]:
@@ -789,6 +916,7 @@ class Facetrail:
 
     def _retention(self, caller: Caller) -> retention.RetentionRun:
         run = retention.RetentionRun(at=utcnow())
+        swept = self.store.blobs_swept()  # erasures sweep when their transaction commits
         with self._write() as s:
             policy = self._policy(s)
             for due in retention.due_searches(s, policy, run.at):
@@ -829,7 +957,8 @@ class Facetrail:
                 subjects_erased=len(run.subjects_erased),
             )
         # The rows are gone; now the files nothing refers to (probe media, crops, images).
-        run.blobs_deleted = self.store.sweep_blobs()
+        self.store.sweep_blobs()
+        run.blobs_deleted = self.store.blobs_swept() - swept
         return run
 
     def retention_report(self, horizon_days: int = 30) -> retention.RetentionReport:
@@ -896,3 +1025,39 @@ def open(
 
 
 __all__ = ["Facetrail", "FacetrailError", "open"]
+
+
+def _export_best_shots(
+    out: Path, report: SearchReport, evidence: list[searching.Evidence], keep_all: bool
+) -> list[str]:
+    """Write each kept face's best shot (videos: a wider crop of the frame) and a contact
+    sheet of them all; faces that matched nothing are not written unless policy keeps them."""
+    out = sheets.prepare_dir(out)
+    tiles, files = [], []
+    for probe, ev in zip(report.probes, evidence, strict=True):
+        for i, face in enumerate(probe.faces):
+            context = ev.contexts[i] if ev.contexts else None
+            image = (
+                context if context is not None else (ev.chips[i] if ev.chips is not None else None)
+            )
+            if image is None or not (face.candidates or keep_all):
+                continue
+            top = face.candidates[0] if face.candidates else None
+            name = Path(probe.probe).name
+            when = f"face {i + 1}"
+            suffix = ""
+            if face.start is not None:
+                when = f"{sheets.clock(face.start)}-{sheets.clock(face.end)}"
+                suffix = f"-{face.best_time:07.2f}s"
+            file = f"{sheets.safe_name(Path(probe.probe).stem)}-{i + 1:03d}{suffix}.jpg"
+            write_atomic(out / file, sheets.jpeg(np.asarray(image)))
+            files.append(file)
+            label = f"{top.subject} {top.score:.3f}" if top else "no candidate"
+            tiles.append(sheets.Tile(np.asarray(image), [name, when, label]))
+    sheets.write_sheet(out, "contact_sheet.jpg", tiles)
+    return files
+
+
+def _where(sighting: clustering.Sighting) -> str:
+    name = Path(sighting.media).name
+    return f"{name} {sheets.clock(sighting.start)}" if sighting.start is not None else name

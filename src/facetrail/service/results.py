@@ -25,10 +25,32 @@ class Candidate:
 
 @dataclass(frozen=True)
 class FaceResult:
-    box: list[float]  # x1, y1, x2, y2 in the probe's pixels (after EXIF rotation)
+    """A face of an image, or (video) one appearance: a track, shown by its best shot."""
+
+    box: list[float]  # x1, y1, x2, y2 in the probe's pixels (after EXIF/display rotation)
     quality: float
     detector_score: float
     candidates: list[Candidate] = field(default_factory=list)
+    # Video only: the track, when it was on screen (seconds from the first frame), and the
+    # time of the best shot that `box` and `quality` describe.
+    track: int | None = None
+    start: float | None = None
+    end: float | None = None
+    best_time: float | None = None
+
+
+@dataclass(frozen=True)
+class VideoSummary:
+    """How a video was read: what was decoded and analysed, and what went wrong."""
+
+    duration: float  # seconds of footage decoded
+    fps: float | None
+    frames_decoded: int
+    frames_analysed: int
+    packets_skipped: int
+    tracks: int  # all appearances found, with or without candidates
+    complete: bool  # False when packets were skipped or reading stopped early
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -39,6 +61,8 @@ class ProbeResult:
     height: int | None
     faces: list[FaceResult] = field(default_factory=list)
     error: str | None = None
+    kind: str = "image"  # or "video"
+    video: VideoSummary | None = None
 
 
 @dataclass(frozen=True)

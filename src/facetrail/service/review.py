@@ -23,7 +23,7 @@ from facetrail.errors import InvalidInputError, NotFoundError, PolicyError
 from facetrail.service.access import Caller
 from facetrail.service.cases import check_text, get_case
 from facetrail.service.enrol import png_bytes
-from facetrail.service.results import FaceResult, SearchReport
+from facetrail.service.results import SearchReport
 from facetrail.service.search import Evidence
 from facetrail.service.tables import (
     CandidateRecord,
@@ -122,6 +122,7 @@ def persist(
         kept = [i for i, f in enumerate(probe.faces) if f.candidates or keep_unmatched]
         n_faces += len(probe.faces)
         deleted += len(probe.faces) - len(kept)
+        video = probe.video
         media = ProbeMedia(
             search_id=row.id,
             name=probe.probe[-255:],
@@ -129,6 +130,11 @@ def persist(
             width=probe.width,
             height=probe.height,
             error=probe.error[:1000] if probe.error else None,
+            kind=probe.kind,
+            media_sha256=probe.sha256,
+            duration=video.duration if video else None,
+            complete=video.complete if video else probe.error is None,
+            warnings=video.warnings if video and video.warnings else None,
         )
         s.add(media)
         s.flush()
@@ -145,6 +151,10 @@ def persist(
                 quality=face.quality,
                 detector_score=face.detector_score,
                 chip_sha256=store.blobs.put(png_bytes(chip)) if chip is not None else None,
+                track=face.track,
+                start=face.start,
+                end=face.end,
+                best_time=face.best_time,
             )
             s.add(face_row)
             s.flush()
@@ -163,11 +173,9 @@ def persist(
             s.add_all(records)
             s.flush()
             n_candidates += len(records)
-            faces[i] = FaceResult(
-                face.box,
-                face.quality,
-                face.detector_score,
-                [
+            faces[i] = dataclasses.replace(
+                face,
+                candidates=[
                     dataclasses.replace(c, id=r.id)
                     for c, r in zip(face.candidates, records, strict=True)
                 ],

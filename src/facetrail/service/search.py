@@ -8,6 +8,7 @@ sees what a score means, not just a number.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 from facetrail.errors import NoFaceError
 from facetrail.media import LoadedImage, load_image
 from facetrail.service.enrol import reason_of
+from facetrail.service.footage import VideoOptions, is_video, search_video
 from facetrail.service.results import (
     Candidate,
     FaceResult,
@@ -85,10 +87,38 @@ class _ProbeImage:
 
 @dataclass(frozen=True)
 class Evidence:
-    """What a search keeps of one probe besides its result: the file and the face crops."""
+    """What a search keeps of one probe besides its result: the file (images; a video is
+    named by its hash only) and, per face in result order, its aligned crop and (video) a
+    wider crop of its best shot."""
 
     data: bytes | None
-    chips: np.ndarray | None  # (faces, H, W, 3) uint8 aligned crops, in result order
+    chips: list[np.ndarray | None] | np.ndarray | None
+    contexts: list[np.ndarray | None] | None = None
+
+
+def exclusive_claims(
+    faces: list[FaceResult], together: Callable[[int, int], bool]
+) -> list[FaceResult]:
+    """Two faces seen together (one image, one frame) are never both claimed for one subject:
+    a subject stays with the face that scores it highest and leaves the others' lists."""
+    order = sorted(
+        range(len(faces)),
+        key=lambda i: -(faces[i].candidates[0].score if faces[i].candidates else -2.0),
+    )
+    claims: list[tuple[int, str]] = []
+    out = list(faces)
+    for i in order:
+        face = faces[i]
+        kept = [
+            c
+            for c in face.candidates
+            if not any(s == c.subject and together(i, j) for j, s in claims)
+        ]
+        if len(kept) != len(face.candidates):
+            kept = [dataclasses.replace(c, rank=r) for r, c in enumerate(kept, start=1)]
+            out[i] = dataclasses.replace(face, candidates=kept)
+        claims.extend((i, c.subject) for c in kept if c.above_threshold)
+    return out
 
 
 def _probe(
@@ -171,36 +201,60 @@ def search(
     max_pixels: int,
     max_bytes: int,
     subjects: set[int] | None = None,
+    video: VideoOptions | None = None,
+    keep_all: bool = False,
     progress: Callable[[ProbeResult], None] | None = None,
 ) -> tuple[SearchReport, list[Evidence]]:
-    """Search every face of each probe; returns the report and, per probe, its evidence."""
+    """Search every face of each probe image, and every appearance in each probe video;
+    returns the report and, per probe in input order, its evidence."""
     model = analyzer.model_id
     index = store.index(model) if subjects is None else _subset_index(store, model, subjects)
+    paths = list(probes)
+
+    def rank(descriptors: np.ndarray) -> list[list[Candidate]]:
+        return rank_candidates(store, index, descriptors, scoring, top_k, include_below)
 
     def prepare(path: Path) -> tuple[np.ndarray, _ProbeImage]:
         loaded = load_image(path, max_pixels=max_pixels, max_bytes=max_bytes)
         return loaded.pixels, _ProbeImage.of(loaded)
 
-    results, evidence = [], []
-    for result in analyzer.stream(list(probes), prepare, mode="thorough"):
+    found: dict[int, tuple[ProbeResult, Evidence]] = {}
+    images = [i for i, p in enumerate(paths) if video is None or not is_video(p)]
+    streamed = analyzer.stream([paths[i] for i in images], prepare, mode="thorough")
+    for i, result in zip(images, streamed, strict=True):
         name = str(result.item)
         if result.error is not None:
-            probe = _probe(name, None, [], reason_of(result.error))
-            evidence.append(Evidence(None, None))
+            found[i] = (_probe(name, None, [], reason_of(result.error)), Evidence(None, None))
         else:
             faces = result.faces
             assert faces is not None and faces.descriptors is not None
-            evidence.append(Evidence(result.extra.data, faces.chips))  # type: ignore[union-attr]
-            face_results = _face_results(faces)
-            ranked = rank_candidates(store, index, faces.descriptors, scoring, top_k, include_below)
             face_results = [
                 FaceResult(f.box, f.quality, f.detector_score, c)
-                for f, c in zip(face_results, ranked, strict=True)
+                for f, c in zip(_face_results(faces), rank(faces.descriptors), strict=True)
             ]
-            probe = _probe(name, result.extra, face_results)  # type: ignore[arg-type]
-        results.append(probe)
+            face_results = exclusive_claims(face_results, lambda a, b: True)
+            found[i] = (
+                _probe(name, result.extra, face_results),  # type: ignore[arg-type]
+                Evidence(result.extra.data, faces.chips),  # type: ignore[union-attr]
+            )
+        if progress:
+            progress(found[i][0])
+    for i, path in enumerate(paths):
+        if i in found or video is None:
+            continue
+        probe, appearances = search_video(path, rank, video, keep_all=keep_all)
+        frames = [a.frames for a in appearances]
+        faces = exclusive_claims(
+            [a.face for a in appearances],
+            lambda a, b, frames=frames: not frames[a].isdisjoint(frames[b]),  # type: ignore[misc]
+        )
+        probe = dataclasses.replace(probe, faces=faces)
+        chips = [a.chip for a in appearances]
+        found[i] = (probe, Evidence(None, chips, [a.context for a in appearances]))
         if progress:
             progress(probe)
+    results = [found[i][0] for i in range(len(paths))]
+    evidence = [found[i][1] for i in range(len(paths))]
     if subjects is None:
         n_subjects, n_templates = store.gallery_size(model)
     else:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -194,10 +195,19 @@ class ProbeMedia(Base):
         ForeignKey("searches.id", ondelete="CASCADE"), nullable=False, index=True
     )
     name: Mapped[str] = mapped_column(String(255), nullable=False)
+    # The file as a stored blob (an image with a kept face), until retention deletes it.
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False, server_default="image")
+    # The file's hash whether or not it is kept (videos never are: they are named by it).
+    media_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    duration: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # False when a video was damaged (packets skipped, reading stopped early): its
+    # appearances are what could be read, and `warnings` says what could not.
+    complete: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=true())
+    warnings: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class ProbeFace(Base):
@@ -217,6 +227,11 @@ class ProbeFace(Base):
     quality: Mapped[float] = mapped_column(Float, nullable=False)
     detector_score: Mapped[float] = mapped_column(Float, nullable=False)
     chip_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # Video: the appearance (track) this face is the best shot of, and when it was on screen.
+    track: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    start: Mapped[float | None] = mapped_column(Float, nullable=True)
+    end: Mapped[float | None] = mapped_column(Float, nullable=True)
+    best_time: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class CandidateRecord(Base):

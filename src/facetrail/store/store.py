@@ -867,7 +867,14 @@ class Store:
                     removed += self._delete_unreferenced(s, batch)
             except OSError as e:
                 raise StoreError(f"cannot clean the blob store: {e.strerror}") from None
+        self._local.swept = self.blobs_swept() + removed
         return removed
+
+    def blobs_swept(self) -> int:
+        """How many blob files this thread's sweeps have deleted so far, the sweeps run after
+        a caller's commit (`erase_subject(session=...)`) included; take the difference around
+        the work whose deletions are to be reported."""
+        return int(getattr(self._local, "swept", 0))
 
     def _delete_unreferenced(self, s: Session, batch: list[str]) -> int:
         used: set[str] = set()
