@@ -235,3 +235,41 @@ def test_retention_deletes_video_results_after_the_case_closes(
             assert conn.execute(text("SELECT count(*) FROM probe_media")).scalar_one() == 0
     chips = [p for p in (team.data / "blobs").rglob("*") if p.is_file()]
     assert len(chips) == 2  # the reference image and its crop; the best shots are gone
+
+
+def _face_video(path: Path, portrait: Path, on: tuple[float, float], fps: int = 25) -> None:
+    """A 4 s 640x360 clip of noise in which a real portrait is on screen only during `on`."""
+    face = Image.open(portrait).convert("RGB")
+    face.thumbnail((220, 220))
+    picture = np.asarray(face)
+    rng = np.random.default_rng(11)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        for i in range(4 * fps):
+            frame = rng.integers(90, 140, (360, 640, 3), dtype=np.uint8)
+            if on[0] <= i / fps < on[1]:
+                x = 150 + 3 * i  # walking slowly to the right
+                frame[60 : 60 + picture.shape[0], x : x + picture.shape[1]] = picture
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("start", [0.5, 1.13, 2.27])
+def test_a_face_on_screen_for_one_second_is_found_with_the_defaults(
+    hamilton: Team, shared_data: Path, tmp_path: Path, start: float
+) -> None:
+    """The default sampling (4 frames a second) with tracking misses no face that is visible
+    for a second, whatever the phase of the sampling against its appearance."""
+    clip = tmp_path / "one-second.mp4"
+    _face_video(clip, shared_data / FR / "knn_examples/train/biden/biden.jpg", (start, start + 1))
+    with hamilton.open() as investigator:
+        report = investigator.search([clip], case=CASE)
+    faces = report.probes[0].faces
+    claims = [f for f in faces if f.candidates and f.candidates[0].subject == "biden"]
+    assert len(claims) == 1, [(f.start, f.end, f.candidates) for f in faces]
+    (seen,) = claims
+    assert start - 0.05 <= seen.start <= seen.end <= start + 1.0
+    assert seen.candidates[0].above_threshold
