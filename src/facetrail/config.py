@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     video_min_face: int = Field(40, ge=10, le=1000)
     video_detect_pixels: int = Field(1_000_000, ge=10_000, le=100_000_000)
     max_video_bytes: int = 64 * 1024 * 1024 * 1024
+    max_upload_bytes: int = 4 * 1024 * 1024 * 1024  # one video uploaded over HTTP
 
     # Descriptor: the built-in dlib ResNet run by ONNX Runtime, or a licensed ONNX model.
     descriptor: Literal["dlib-resnet", "onnx"] = "dlib-resnet"

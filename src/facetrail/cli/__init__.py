@@ -35,8 +35,8 @@ def _global(
     STATE.token = token
 
 
-for module in (gallery, accounts):
-    app.registered_commands += module.app.registered_commands
+for group in (gallery.app, accounts.app, admin.serve_app):
+    app.registered_commands += group.registered_commands
 app.add_typer(accounts.user_app, name="user")
 app.add_typer(accounts.token_app, name="token")
 app.add_typer(accounts.policy_app, name="policy")

@@ -11,12 +11,23 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from facetrail.cli.common import DataOpt, JsonOpt, emit_json, err, out, session, show, when
+from facetrail.cli.common import (
+    DataOpt,
+    JsonOpt,
+    emit_json,
+    err,
+    out,
+    session,
+    settings_for,
+    show,
+    when,
+)
 from facetrail.service.retention import DueSearch
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 retention_app = typer.Typer(help="Deleting what may no longer be kept.", no_args_is_help=True)
 key_app = typer.Typer(help="Encryption at rest.", no_args_is_help=True)
+serve_app = typer.Typer()
 
 
 @audit_app.command("verify")
@@ -128,3 +139,25 @@ def key_encrypt_existing(data: DataOpt = None, as_json: JsonOpt = False) -> None
             f"encrypted {c['blobs']} stored file(s) and {c['templates']} template(s)"
         ),
     )
+
+
+@serve_app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    jobs: Annotated[int, typer.Option(min=1, max=16, help="Searches run at once.")] = 1,
+    data: DataOpt = None,
+) -> None:
+    """Serve the HTTP API (/api/v1, OpenAPI at /docs) and the web workspace."""
+    import uvicorn
+
+    from facetrail.errors import FacetrailError
+    from facetrail.web.app import create_app
+
+    try:
+        app = create_app(settings_for(data), jobs=jobs)
+    except FacetrailError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    err.print(f"facetrail serving on http://{host}:{port} (API docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

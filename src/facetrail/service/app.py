@@ -367,6 +367,26 @@ class Facetrail:
         self._need(Op.GALLERY_READ)
         return self.store.subject(name)
 
+    def subject_file(self, name: str, sha256: str) -> bytes:
+        """A stored reference image or face crop of a subject (for people to look at)."""
+        self._need(Op.GALLERY_READ)
+        detail = self.store.subject(name)
+        hashes = {i.sha256 for i in detail.images}
+        hashes |= {f.chip_sha256 for i in detail.images for f in i.faces if f.chip_sha256}
+        if sha256 not in hashes:
+            raise NotFoundError(f"subject {name!r} has no stored file {sha256[:16]}")
+        return self.store.blobs.get(sha256)
+
+    def candidate_face(self, candidate_id: int) -> bytes:
+        """The probe face crop (PNG) of a candidate, for its reviewer to look at."""
+        caller = self._need(Op.REVIEW_READ)
+        with self._read() as s:
+            cand, _, _ = review.get_candidate(s, caller, candidate_id)
+            chip = review.face_chip(s, cand)
+        if chip is None:
+            raise NotFoundError(f"candidate {candidate_id} has no stored face crop")
+        return self.store.blobs.get(chip)
+
     def erase(self, name: str, *, reason: str | None = None) -> ErasureReport:
         """Erase a subject completely; the audit keeps that it happened (ids and counts)."""
         caller = self._need(Op.ERASE)

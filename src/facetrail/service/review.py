@@ -315,6 +315,11 @@ def get_candidate(
     return row, case, search
 
 
+def face_chip(s: Session, candidate: CandidateRecord) -> str | None:
+    face = s.get(ProbeFace, candidate.face_id)
+    return face.chip_sha256 if face else None
+
+
 def decide(
     s: Session, caller: Caller, candidate: CandidateRecord, case: Case, verdict: str, note: str
 ) -> Decision:

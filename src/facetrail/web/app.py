@@ -1,0 +1,62 @@
+"""The HTTP service: the API under /api/v1 (OpenAPI at /docs) and the web workspace.
+
+`create_app` wraps one data directory's `Facetrail` (opened once: retention runs on start);
+each request acts through a handle for its caller, so every route is as thin as a CLI command
+and the service decides what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from facetrail import __version__
+from facetrail.config import Settings
+from facetrail.errors import FacetrailError
+from facetrail.service.app import Facetrail
+from facetrail.web import api, problems
+from facetrail.web.auth import LoginLimiter, load_secret
+from facetrail.web.jobs import JobManager
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def create_app(settings: Settings | None = None, *, jobs: int = 1) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.jobs.shutdown()
+        app.state.ft.close()
+
+    app = FastAPI(
+        title="facetrail",
+        version=__version__,
+        summary="Accountable facial recognition: cases, watchlists, searches, review, audit.",
+        lifespan=lifespan,
+    )
+    app.state.ft = Facetrail(settings)
+    app.state.jobs = JobManager(jobs)
+    app.state.limiter = LoginLimiter()
+    app.state.secret = load_secret(settings.data)
+    app.state.settings = settings
+    app.add_exception_handler(FacetrailError, problems.facetrail_error)
+    app.add_exception_handler(RequestValidationError, problems.validation_error)
+    app.add_exception_handler(StarletteHTTPException, problems.http_error)
+    app.include_router(api.router, prefix="/api/v1")
+    try:
+        from facetrail.web import pages
+    except ImportError:  # the workspace's pages are optional until they exist
+        pages = None  # type: ignore[assignment]
+    if pages is not None:
+        app.include_router(pages.router)
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
