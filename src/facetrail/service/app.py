@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -54,7 +54,7 @@ from facetrail.service.results import (
     SearchReport,
     VerifyReport,
 )
-from facetrail.service.tables import Case, User
+from facetrail.service.tables import CandidateRecord, Case, ProbeFace, ProbeMedia, User
 from facetrail.store import (
     AuditRecord,
     ChainReport,
@@ -70,6 +70,31 @@ from facetrail.vision.pipeline import FaceAnalyzer
 from facetrail.vision.tracker import TrackerConfig
 
 RETENTION_ACTIONS = ("retention.purge", "retention.erase", "retention.run")
+
+
+@dataclasses.dataclass(frozen=True)
+class Appearance:
+    """A kept probe face of a search (in a video: one appearance, a track) with its
+    candidates' ids, best first, and for videos when it was on screen."""
+
+    face: int
+    candidates: list[int]
+    track: int | None
+    start: float | None
+    end: float | None
+    best_time: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeMediaView:
+    """A searched file as a timeline shows it: its name, kind, length and appearances."""
+
+    name: str
+    kind: str  # "image" or "video"
+    duration: float | None
+    complete: bool
+    error: str | None
+    appearances: list[Appearance]
 
 
 class _Shared:
@@ -156,6 +181,12 @@ class Facetrail:
 
     def _need(self, op: Op) -> Caller:
         return require(self._current(), op)
+
+    def require(self, op: Op) -> Caller:
+        """The caller, if their role allows `op`. Front doors that receive files for an
+        operation (HTTP uploads) ask first, so a refused caller's files are never stored;
+        the operation checks again."""
+        return self._need(op)
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
@@ -662,6 +693,30 @@ class Facetrail:
             used.append(approval.id)
         return w, subjects, used
 
+    def check_search(
+        self,
+        *,
+        case: str,
+        watchlist: str | None = None,
+        threshold: float | None = None,
+        include_below: bool = False,
+    ) -> None:
+        """What `search` checks before it reads a probe (role, open case, scope, approvals),
+        for front doors that take the probes now and search them later (HTTP jobs), so that
+        a refusal comes at once; `search` checks it all again."""
+        caller = self._need(Op.SEARCH)
+        scoring = self.scoring(threshold)
+        with self._read() as s:
+            found = cases.get_case(s, caller, case, need_open=True)
+            self._allowed_scope(s, caller, found, scoring, watchlist, include_below)
+
+    def check_cluster(self, *, case: str) -> None:
+        """What `cluster` checks before it reads any media (role, open case); see
+        `check_search`."""
+        caller = self._need(Op.SEARCH)
+        with self._read() as s:
+            cases.get_case(s, caller, case, need_open=True)
+
     def verify(
         self, a: str | Path, b: str | Path, *, case: str, threshold: float | None = None
     ) -> VerifyReport:
@@ -705,11 +760,14 @@ class Facetrail:
         progress: Callable[[ProbeResult], None] | None = None,
         video_progress: VideoProgress | None = None,
         out: str | Path | None = None,
+        names: Mapping[str, str] | None = None,
     ) -> SearchReport:
         """Search each probe's faces (images) and appearances (videos) in a case, against an
         authorised watchlist or (with an approval) the whole gallery; the search, its kept
         faces and candidates are stored for review, faces that matched nothing are not.
-        `out`: also write each kept face's best shot and a contact sheet there."""
+        `out`: also write each kept face's best shot and a contact sheet there. `names`:
+        what to call a probe in the report and the stored search instead of its path (the
+        name a file was uploaded under, say)."""
         caller = self._need(Op.SEARCH)
         k = top_k or self.settings.top_k
         if k < 1:
@@ -735,6 +793,11 @@ class Facetrail:
             keep_all=keep,
             progress=progress,
         )
+        if names:
+            probes = [
+                dataclasses.replace(p, probe=names.get(p.probe, p.probe)) for p in report.probes
+            ]
+            report = dataclasses.replace(report, probes=probes)
         with self._write() as s:
             # Checked again in the writing transaction: an approval or watchlist may have
             # expired, or the case closed, while the probes were analysed.
@@ -866,6 +929,43 @@ class Facetrail:
             ids = [c.id for c in result.candidates]
             self._audit(s, caller, "review.view", "candidate", ids, case=case.reference)
         return result
+
+    def search_media(self, search_id: int) -> list[ProbeMediaView]:
+        """A search's files and, per kept face, its candidates and (videos) when it was on
+        screen: what a timeline of the search shows. Names and times only; the candidates
+        themselves are read, and their viewing audited, through `search_results`."""
+        caller = self._need(Op.REVIEW_READ)
+        with self._read() as s:
+            row, _ = review.get_search(s, caller, search_id)
+            media = list(
+                s.scalars(
+                    select(ProbeMedia).where(ProbeMedia.search_id == row.id).order_by(ProbeMedia.id)
+                )
+            )
+            faces = s.execute(
+                select(ProbeFace, CandidateRecord.id)
+                .join(CandidateRecord, CandidateRecord.face_id == ProbeFace.id)
+                .where(ProbeFace.media_id.in_([m.id for m in media]))
+                .order_by(ProbeFace.id, CandidateRecord.rank)
+            ).all()
+        by_face: dict[int, tuple[ProbeFace, list[int]]] = {}
+        for face, candidate in faces:
+            by_face.setdefault(face.id, (face, []))[1].append(candidate)
+        return [
+            ProbeMediaView(
+                name=Path(m.name).name,
+                kind=m.kind,
+                duration=m.duration,
+                complete=m.complete,
+                error=m.error,
+                appearances=[
+                    Appearance(f.id, ids, f.track, f.start, f.end, f.best_time)
+                    for f, ids in by_face.values()
+                    if f.media_id == m.id
+                ],
+            )
+            for m in media
+        ]
 
     def decide(self, candidate_id: int, verdict: str, *, note: str) -> review.CandidateView:
         caller = self._need(Op.DECIDE)

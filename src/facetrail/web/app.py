@@ -7,6 +7,7 @@ and the service decides what is allowed.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from facetrail import __version__
 from facetrail.config import Settings
 from facetrail.errors import FacetrailError
 from facetrail.service.app import Facetrail
-from facetrail.web import api, problems
+from facetrail.web import api, pages, problems
 from facetrail.web.auth import LoginLimiter, load_secret
 from facetrail.web.jobs import JobManager
 
@@ -40,9 +41,12 @@ def create_app(settings: Settings | None = None, *, jobs: int = 1) -> FastAPI:
         title="facetrail",
         version=__version__,
         summary="Accountable facial recognition: cases, watchlists, searches, review, audit.",
+        description=api.DESCRIPTION,
         lifespan=lifespan,
     )
     app.state.ft = Facetrail(settings)
+    # Jobs do not outlive the process: uploads a crash left behind belong to none.
+    shutil.rmtree(settings.data / "uploads", ignore_errors=True)
     app.state.jobs = JobManager(jobs)
     app.state.limiter = LoginLimiter()
     app.state.secret = load_secret(settings.data)
@@ -51,12 +55,7 @@ def create_app(settings: Settings | None = None, *, jobs: int = 1) -> FastAPI:
     app.add_exception_handler(RequestValidationError, problems.validation_error)
     app.add_exception_handler(StarletteHTTPException, problems.http_error)
     app.include_router(api.router, prefix="/api/v1")
-    try:
-        from facetrail.web import pages
-    except ImportError:  # the workspace's pages are optional until they exist
-        pages = None  # type: ignore[assignment]
-    if pages is not None:
-        app.include_router(pages.router)
+    app.include_router(pages.router)
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

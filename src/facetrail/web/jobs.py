@@ -22,6 +22,7 @@ from typing import Any
 from facetrail.errors import FacetrailError, NotFoundError
 from facetrail.service.app import Facetrail
 from facetrail.store.models import utcnow
+from facetrail.web.uploads import relabel
 
 _KEEP = 1000  # finished jobs remembered, newest first
 
@@ -58,6 +59,7 @@ class JobManager:
     def __init__(self, workers: int = 1) -> None:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="facetrail-job")
         self._jobs: dict[str, Job] = {}
+        self._folders: dict[str, Path] = {}  # upload folders of the jobs not yet finished
         self._lock = threading.Lock()
 
     def submit(
@@ -68,6 +70,7 @@ class JobManager:
         job = Job(uuid.uuid4().hex, kind, caller.user_id, str(options["case"]), len(files))
         with self._lock:
             self._jobs[job.id] = job
+            self._folders[job.id] = folder
             self._forget_old()
         self._pool.submit(self._run, job, handle, kind, folder, files, options)
         return job
@@ -95,9 +98,12 @@ class JobManager:
         try:
             if kind == "cluster":
                 report = handle.cluster(files, progress=on_file, video_progress=on_video, **options)
-                job.result = asdict(report)
+                job.result = relabel(asdict(report), files)
             else:
-                found = handle.search(files, progress=on_file, video_progress=on_video, **options)
+                names = {str(f): f.name for f in files}  # as uploaded, not where they were kept
+                found = handle.search(
+                    files, progress=on_file, video_progress=on_video, names=names, **options
+                )
                 job.search_id = found.search_id
                 job.result = found.to_dict()
             job.status = "done"
@@ -110,6 +116,8 @@ class JobManager:
         finally:
             job.finished_at = utcnow()
             shutil.rmtree(folder, ignore_errors=True)
+            with self._lock:
+                self._folders.pop(job.id, None)
 
     def get(self, job_id: str, user_id: int) -> Job:
         """A job of this user's (others are told it does not exist)."""
@@ -131,3 +139,8 @@ class JobManager:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        # Jobs cancelled before they ran still hold their uploads: delete them too.
+        with self._lock:
+            left, self._folders = self._folders, {}
+        for folder in left.values():
+            shutil.rmtree(folder, ignore_errors=True)

@@ -1,9 +1,10 @@
 """Uploaded probes: streamed to disk within size limits, and typed by their content.
 
 A file's name says nothing trustworthy, so the kind (image or video, and which container) is
-read from its first bytes, and the file is saved under a name of facetrail's own choosing with
-the matching extension: what is searched as a video is one by content. Anything that is not a
-known image or video container is refused before the search starts.
+read from its first bytes, and the file is saved under a name of facetrail's own choosing (the
+upload's name made safe, in a numbered folder of its own) with the extension that matches the
+content: what is searched as a video is one by content. Anything that is not a known image or
+video container is refused before the search starts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from fastapi import UploadFile
 
@@ -76,9 +78,28 @@ async def save(
                 out.write(chunk)
         if written == 0:
             raise HttpProblem(400, f"{stem}: empty upload")
-        target = folder / f"{number:04d}-{stem}{ext}"
+        target = folder / f"{number:04d}" / f"{stem}{ext}"
+        target.parent.mkdir(mode=0o700)
         os.replace(partial, target)
         return target
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
+
+
+def relabel(value: Any, saved: list[Path]) -> Any:
+    """`value` (JSON-ready) with every mention of a saved upload's path replaced by the
+    upload's own (safe) name: reports speak of the files as they were uploaded, not of where
+    the server kept them for a moment."""
+    names = {str(p): p.name for p in saved}
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            return names.get(v, v)
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        return v
+
+    return walk(value)
