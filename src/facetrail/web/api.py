@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-import tempfile
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -125,32 +124,6 @@ def _utc(when: datetime | None) -> datetime | None:
 
 
 # --------------------------------------------------------------------------- uploads
-
-
-async def _save_all(request: Request, files: list[UploadFile]) -> tuple[Path, list[Path]]:
-    """The uploads, typed by content and within the size limits, in a folder of their own
-    under <data>/uploads (the caller deletes it)."""
-    if not files:
-        raise HttpProblem(400, "no files uploaded")
-    settings = request.app.state.settings
-    uploads_dir = settings.data / "uploads"
-    uploads_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    folder = Path(tempfile.mkdtemp(prefix="job-", dir=uploads_dir))
-    try:
-        saved = [
-            await uploads.save(
-                f,
-                folder,
-                n,
-                max_image_bytes=settings.max_file_bytes,
-                max_video_bytes=settings.max_upload_bytes,
-            )
-            for n, f in enumerate(files)
-        ]
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return folder, saved
 
 
 async def _read_manifest(upload: UploadFile) -> str:
@@ -336,7 +309,7 @@ async def enrol_images(
 ) -> dict:
     """Enrol uploaded reference images as one subject (created if new)."""
     await run_in_threadpool(ft.require, Op.ENROL)
-    folder, saved = await _save_all(request, files)
+    folder, saved = await uploads.save_all(request.app.state.settings, files)
     try:
         report = await run_in_threadpool(lambda: ft.enrol(saved, subject=name))
     finally:
@@ -357,7 +330,7 @@ async def enrol_manifest(
     """Enrol many subjects at once, with reference numbers, as `enrol --manifest` does."""
     await run_in_threadpool(ft.require, Op.ENROL)
     text = await _read_manifest(manifest)
-    folder, saved = await _save_all(request, files)
+    folder, saved = await uploads.save_all(request.app.state.settings, files)
     try:
         _rebase_manifest(text, files, saved, folder / "manifest.csv")
         report = await run_in_threadpool(lambda: ft.enrol(manifest=folder / "manifest.csv"))
@@ -548,7 +521,7 @@ async def start_search(
             case=case, watchlist=watchlist, threshold=threshold, include_below=include_below
         )
     )
-    folder, saved = await _save_all(request, files)
+    folder, saved = await uploads.save_all(request.app.state.settings, files)
     job: Job = request.app.state.jobs.submit(
         ft,
         "search",
@@ -574,7 +547,7 @@ async def start_cluster(
 ) -> dict:
     """Group the faces of uploaded media into unknown persons, as a background job."""
     await run_in_threadpool(lambda: ft.check_cluster(case=case))
-    folder, saved = await _save_all(request, files)
+    folder, saved = await uploads.save_all(request.app.state.settings, files)
     job: Job = request.app.state.jobs.submit(
         ft, "cluster", folder, saved, case=case, threshold=threshold
     )
@@ -608,7 +581,7 @@ async def verify(
 ) -> dict:
     """Compare the main face of two uploaded images, in a case (answered at once)."""
     await run_in_threadpool(ft.require, Op.VERIFY)
-    folder, (first, second) = await _save_all(request, [a, b])
+    folder, (first, second) = await uploads.save_all(request.app.state.settings, [a, b])
     try:
         report = await run_in_threadpool(
             lambda: ft.verify(first, second, case=case, threshold=threshold)

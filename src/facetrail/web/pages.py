@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import mimetypes
 import secrets
-import shutil
-import tempfile
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
@@ -478,32 +476,6 @@ def _open_case(ft: Facetrail, reference: str) -> Any:
     return case
 
 
-async def _save_uploads(request: Request, files: list[UploadFile]) -> tuple[Path, list[Path]]:
-    """Each upload saved under a name of the service's choosing, typed by its content."""
-    files = [f for f in files if f.filename]
-    if not files:
-        raise HttpProblem(400, "choose at least one image or video to upload")
-    settings = request.app.state.settings
-    parent = settings.data / "uploads"
-    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    folder = Path(tempfile.mkdtemp(prefix="job-", dir=parent))
-    try:
-        saved = [
-            await uploads.save(
-                f,
-                folder,
-                n,
-                max_image_bytes=settings.max_file_bytes,
-                max_video_bytes=settings.max_upload_bytes,
-            )
-            for n, f in enumerate(files)
-        ]
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return folder, saved
-
-
 @router.post("/cases/{reference:path}/search")
 async def start_search(
     request: Request,
@@ -515,7 +487,7 @@ async def start_search(
     reason: Annotated[str | None, Form(max_length=1000)] = None,
 ) -> Response:
     case = _open_case(ft, reference)  # a case this user may see, before any upload is kept
-    folder, saved = await _save_uploads(request, files)
+    folder, saved = await uploads.save_all(request.app.state.settings, files)
     job = request.app.state.jobs.submit(
         ft,
         "search",
@@ -538,7 +510,7 @@ async def start_cluster(
     threshold: Annotated[float | None, Form(ge=-1, le=1)] = None,
 ) -> Response:
     case = _open_case(ft, reference)
-    folder, saved = await _save_uploads(request, files)
+    folder, saved = await uploads.save_all(request.app.state.settings, files)
     job = request.app.state.jobs.submit(
         ft, "cluster", folder, saved, case=case.reference, threshold=threshold
     )

@@ -12,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from fastapi import UploadFile
 
+from facetrail.config import Settings
 from facetrail.web.problems import HttpProblem
 
 _CHUNK = 1024 * 1024
@@ -103,3 +106,29 @@ def relabel(value: Any, saved: list[Path]) -> Any:
         return v
 
     return walk(value)
+
+
+async def save_all(settings: Settings, files: list[UploadFile]) -> tuple[Path, list[Path]]:
+    """The uploads (those with a file name), typed by content and within the size limits, in
+    a folder of their own under <data>/uploads; the caller deletes the folder when done."""
+    files = [f for f in files if f.filename]
+    if not files:
+        raise HttpProblem(400, "choose at least one image or video to upload")
+    parent = settings.data / "uploads"
+    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = Path(tempfile.mkdtemp(prefix="job-", dir=parent))
+    try:
+        saved = [
+            await save(
+                f,
+                folder,
+                n,
+                max_image_bytes=settings.max_file_bytes,
+                max_video_bytes=settings.max_upload_bytes,
+            )
+            for n, f in enumerate(files)
+        ]
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder, saved
