@@ -24,10 +24,12 @@ from conftest import CASE, PASSWORD, ROLES, Team, make_team
 from facetrail.errors import AuthenticationError, InvalidInputError, PermissionDeniedError
 from facetrail.service import access
 from facetrail.service.access import Op
-from facetrail.service.tables import User
+from facetrail.service.tables import Alert, User
 from facetrail.store.models import Base
 
 FR = "examples/face_recognition"
+CLIP = "short_hamilton_clip.mp4"  # 9 s; live deployments play it at LIVE_PACE
+LIVE_PACE = 10.0
 
 # The documented table, by hand: operation -> the roles that may do it.
 DOCUMENTED: dict[str, set[str]] = {
@@ -54,6 +56,9 @@ DOCUMENTED: dict[str, set[str]] = {
     "retention.report": {"admin", "auditor"},
     "evaluate": {"admin", "auditor"},
     "storage.manage": {"admin"},
+    "live.deploy": {"authoriser", "operator"},
+    "live.read": {"authoriser", "operator", "auditor"},
+    "alert.review": {"authoriser", "operator"},
 }
 
 # What an allowed role's calls leave in the audit trail (reads that are not audited: none).
@@ -74,6 +79,9 @@ AUDITED: dict[str, set[str]] = {
     "review.decide": {"review.decide"},
     "audit.read": {"audit.export"},
     "retention.run": {"retention.run"},
+    "live.deploy": {"live.start", "live.end", "live.stop"},
+    "live.read": {"alert.view"},
+    "alert.review": {"alert.review"},
 }
 
 WATCHLIST = "wl-base"  # authorised, members obama and biden
@@ -93,6 +101,7 @@ class World:
     empty: Path  # a folder with nothing in it (not an LFW folder)
     search_id: int = 0
     candidate_id: int = 0
+    deployment_id: int = 0
     _n: Iterator[int] = field(default_factory=itertools.count)
 
     def name(self, what: str) -> str:
@@ -141,6 +150,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterat
         candidates = [c for p in found.probes for f in p.faces for c in f.candidates]
         assert candidates and candidates[0].subject == "obama"
         w.search_id, w.candidate_id = found.search_id, candidates[0].id
+        w.deployment_id = (
+            handles["operator"]
+            .start_deployment(WATCHLIST, str(w.fr / CLIP), _days(1), wait=True, pace=LIVE_PACE)
+            .id
+        )
         yield w
 
 
@@ -291,6 +305,46 @@ def storage(w: World, role: str) -> list[Call]:
     return [Call(lambda ft: ft.encrypt_existing(), raises=InvalidInputError)]
 
 
+def live_deploy(w: World, role: str) -> list[Call]:
+    clip = str(w.fr / CLIP)
+    if role not in DOCUMENTED[Op.LIVE_DEPLOY.value]:
+        return [
+            Call(lambda ft: ft.start_deployment(WATCHLIST, clip, _days(1), wait=True)),
+            Call(lambda ft: ft.stop_deployment(w.deployment_id)),
+        ]
+    return [
+        # Played to its end in the calling thread; then one started in the background and
+        # stopped at once.
+        Call(lambda ft: ft.start_deployment(WATCHLIST, clip, _days(1), wait=True, pace=LIVE_PACE)),
+        Call(lambda ft: ft.stop_deployment(ft.start_deployment(WATCHLIST, clip, _days(1)).id)),
+    ]
+
+
+def live_read(w: World, role: str) -> list[Call]:
+    return [
+        Call(lambda ft: ft.deployments()),
+        Call(lambda ft: ft.deployment(w.deployment_id)),
+        Call(lambda ft: ft.alerts(w.deployment_id)),
+        Call(lambda ft: ft.live_report()),
+    ]
+
+
+def alert_review(w: World, role: str) -> list[Call]:
+    # The clip has nobody of the watchlist in it: an alert row stands in for one raised.
+    with w.ft.store.session() as s:
+        alert = Alert(
+            deployment_id=w.deployment_id,
+            subject_name=KEPT,
+            score=0.99,
+            time=1.0,
+            track=1,
+        )
+        s.add(alert)
+        s.flush()
+        alert_id = alert.id
+    return [Call(lambda ft: ft.review_alert(alert_id, "false", note=f"by {role}"))]
+
+
 CHECKS: dict[Op, Check] = {
     Op.USERS: users,
     Op.POLICY_READ: policy_read,
@@ -315,6 +369,9 @@ CHECKS: dict[Op, Check] = {
     Op.RETENTION_REPORT: retention_report,
     Op.EVALUATE: evaluate,
     Op.STORAGE: storage,
+    Op.LIVE_DEPLOY: live_deploy,
+    Op.LIVE_READ: live_read,
+    Op.ALERT_REVIEW: alert_review,
 }
 
 

@@ -110,7 +110,7 @@ def test_open_creates_layout_schema_and_pragmas(store: Store) -> None:
     assert {"subjects", "images", "faces", "templates", "store_state", "audit_events"} <= tables
     assert store.generation() == 0
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0004"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0005"
         assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
         assert conn.execute(text("PRAGMA secure_delete")).scalar_one() == 1

@@ -50,6 +50,9 @@ class Op(StrEnum):
     RETENTION_REPORT = "retention.report"
     EVALUATE = "evaluate"  # LFW and calibration
     STORAGE = "storage.manage"  # encrypt what was stored before a key was configured
+    LIVE_DEPLOY = "live.deploy"  # start and stop a live deployment on an authorised watchlist
+    LIVE_READ = "live.read"  # see deployments, their alerts and the transparency report
+    ALERT_REVIEW = "alert.review"  # mark a live alert confirmed or false, with the action
 
 
 ADM, AUT, INV, OPS, AUD = (
@@ -84,6 +87,11 @@ PERMISSIONS: dict[Op, frozenset[Role]] = {
     Op.RETENTION_REPORT: frozenset({ADM, AUD}),
     Op.EVALUATE: frozenset({ADM, AUD}),
     Op.STORAGE: frozenset({ADM}),
+    # The watchlist itself needs an authoriser's authorisation; running it is the live
+    # operator's job (and an authoriser's), not an investigator's.
+    Op.LIVE_DEPLOY: frozenset({AUT, OPS}),
+    Op.LIVE_READ: frozenset({AUT, OPS, AUD}),
+    Op.ALERT_REVIEW: frozenset({AUT, OPS}),
 }
 
 # Roles that see every case; the others see the cases they are members of.

@@ -36,6 +36,9 @@ class Policy(BaseModel):
     keep_unmatched_probe_faces: bool = False
     probe_retention_days: int = Field(31, ge=0, le=36500)
     subject_review_days: int = Field(6 * 365, ge=1, le=36500)
+    # Live alerts (their rows and best shots) are deleted this many hours after they were
+    # raised; faces that matched nothing in a live deployment are never stored at all.
+    alert_retention_hours: int = Field(24, ge=0, le=8760)
     # Accounts.
     token_days: int = Field(30, ge=1, le=366)
     min_password_length: int = Field(12, ge=8, le=256)

@@ -7,6 +7,9 @@ its search: see `service.review`):
 - a subject at its review date (`review_at`, or `subject_review_days` after enrolment),
   unless an authoriser renewed it: erased completely, as `facetrail erase` does.
 
+Live alerts (rows and best shots) go `alert_retention_hours` after they were raised; their
+deployment keeps its counts.
+
 Each deletion and its audit event commit together; blob files follow after the commit (the
 store's sweep), and the report says what went from the database and from the disk.
 """
@@ -20,7 +23,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from facetrail.service.policy import Policy
-from facetrail.service.tables import Case, ProbeMedia, Search
+from facetrail.service.tables import Alert, Case, ProbeMedia, Search
 from facetrail.store.models import Subject, utcnow
 
 
@@ -46,6 +49,7 @@ class RetentionRun:
     searches_purged: list[int] = field(default_factory=list)
     probe_files: int = 0
     subjects_erased: list[str] = field(default_factory=list)
+    alerts_purged: int = 0
     blobs_deleted: int | None = None  # files removed from disk after the commit
 
 
@@ -105,3 +109,16 @@ def subject_review_at(subject: Subject, policy: Policy) -> datetime:
     if subject.review_at is not None:
         return subject.review_at
     return subject.created_at + timedelta(days=policy.subject_review_days)
+
+
+def due_alerts(s: Session, policy: Policy, until: datetime) -> list[int]:
+    """Ids of the live alerts past their retention period at `until`."""
+    cutoff = until - timedelta(hours=policy.alert_retention_hours)
+    return list(s.scalars(select(Alert.id).where(Alert.at <= cutoff).order_by(Alert.id)))
+
+
+def purge_alerts(s: Session, ids: list[int]) -> int:
+    """Delete these alerts (their best shots go with the next blob sweep)."""
+    for start in range(0, len(ids), 500):
+        s.execute(delete(Alert).where(Alert.id.in_(ids[start : start + 500])))
+    return len(ids)

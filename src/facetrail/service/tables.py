@@ -278,6 +278,67 @@ class Decision(Base):
     )
 
 
+class Deployment(Base):
+    """A live run: a source watched against an authorised watchlist until an end time. Its
+    counters outlive its alerts (retention deletes those), so the transparency report stands."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (_AUTOINC,)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    watchlist_id: Mapped[int | None] = mapped_column(
+        ForeignKey("watchlists.id", ondelete="SET NULL"), nullable=True
+    )
+    watchlist_name: Mapped[str] = mapped_column(String(100), nullable=False)
+    # The source as given, without any user:password@ (credentials are never stored).
+    source: Mapped[str] = mapped_column(String(1000), nullable=False)
+    threshold: Mapped[float] = mapped_column(Float, nullable=False)
+    started_by: Mapped[int] = mapped_column(ForeignKey("users.id"), nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    until: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # "running", "stopped", "ended" or "interrupted"
+    status: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    error: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    # When the process running it last wrote its counters (a heartbeat).
+    seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    frames_received: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    frames_dropped: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    frames_analysed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    faces_seen: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    alerts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    confirmed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    false_alerts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class Alert(Base):
+    """A track of a live deployment that matched a watchlist subject; kept (with its best
+    shot) for the policy's `alert_retention_hours`, then deleted."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (_AUTOINC,)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    subject_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subjects.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    subject_name: Mapped[str] = mapped_column(String(200), nullable=False)
+    score: Mapped[float] = mapped_column(Float, nullable=False)
+    fmr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow, index=True)
+    time: Mapped[float] = mapped_column(Float, nullable=False)  # seconds into the stream
+    track: Mapped[int] = mapped_column(Integer, nullable=False)
+    best_shot_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)  # confirmed | false
+    note: Mapped[str | None] = mapped_column(String(2000), nullable=True)  # the action taken
+
+
 # Probe images and face crops are blobs too: sweeps after an erasure must keep them.
 register_blob_column(ProbeMedia.sha256)
 register_blob_column(ProbeFace.chip_sha256)
+register_blob_column(Alert.best_shot_sha256)

@@ -188,6 +188,10 @@ class Tracker:
                 still.append(track)
         self._open = still
 
+    def open_tracks(self) -> list[Track]:
+        """The tracks still on screen (live recognition ranks them as they grow)."""
+        return list(self._open)
+
     def pop_finished(self) -> list[Track]:
         """Tracks that have ended since the last call (by id order)."""
         done, self._finished = self._finished, []

@@ -1,0 +1,359 @@
+"""Live recognition: a deployment plays a video with enrolled faces against an authorised
+watchlist and raises one alert per track and subject; nothing else is stored, alerts go at
+the end of their retention period, and the hand-off drops frames rather than queue them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+import facetrail
+from conftest import Team, make_team
+from facetrail.errors import InvalidInputError, MediaError, PermissionDeniedError, PolicyError
+from facetrail.service import live
+from facetrail.service.live import FrameSlot, strip_credentials
+from facetrail.service.tables import Alert, Deployment, ProbeFace, ProbeMedia
+
+FR = "examples/face_recognition"
+CLIP = f"{FR}/short_hamilton_clip.mp4"
+MIRANDA = "lin-manuel-miranda"
+WATCHLIST = "wl-live"  # authorised: Miranda only (Obama is enrolled, not on it)
+PACE = 4.0  # the 9 s clip in about 2 s
+
+
+def _in(**kw: float) -> datetime:
+    return datetime.now(UTC) + timedelta(**kw)
+
+
+def _blob_files(data: Path) -> set[Path]:
+    root = data / "blobs"
+    return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+@dataclass
+class World:
+    team: Team
+    clip: Path
+    ft: facetrail.Facetrail  # the administrator's owning handle
+    operator: facetrail.Facetrail
+    deployment: live.DeploymentInfo
+    pushed: list[live.AlertInfo]
+    blobs_before: set[Path]
+    blobs_after: set[Path]
+    frames_decoded: int
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[World]:
+    from facetrail.media.video import open_video
+
+    team = make_team(tmp_path_factory.mktemp("live") / "data")
+    clip = shared_data / CLIP
+    with team.open("admin") as ft:
+        handles = {}
+        for role in ("investigator", "authoriser", "operator"):
+            handles[role] = ft.as_caller(None)
+            handles[role].use_token(team.tokens[role])
+        ft.enrol([shared_data / FR / "lin-manuel-miranda.png"], subject=MIRANDA)
+        ft.enrol([shared_data / FR / "obama.jpg"], subject="obama")
+        inv = handles["investigator"]
+        inv.create_watchlist(WATCHLIST, purpose="tests", expires_at=_in(days=2))
+        inv.add_to_watchlist(WATCHLIST, [MIRANDA], reason="tests")
+        handles["authoriser"].authorise_watchlist(WATCHLIST, reason="tests")
+        before = _blob_files(team.data)
+        pushed: list[live.AlertInfo] = []
+        info = handles["operator"].start_deployment(
+            WATCHLIST, str(clip), _in(minutes=5), wait=True, on_alert=pushed.append, pace=PACE
+        )
+        with open_video(clip) as video:
+            decoded = sum(1 for _ in video.frames())
+        yield World(
+            team,
+            clip,
+            ft,
+            handles["operator"],
+            info,
+            pushed,
+            before,
+            _blob_files(team.data),
+            decoded,
+        )
+
+
+def test_alerts_arrive_for_the_watchlist_subject_once_per_track(world: World) -> None:
+    d = world.deployment
+    assert d.status == "ended", d.error
+    alerts = world.operator.alerts(d.id)
+    assert alerts and {a.subject for a in alerts} == {MIRANDA}
+    assert [a.id for a in world.pushed] == [a.id for a in alerts]  # pushed as they came
+    tracks = [(a.track, a.subject) for a in alerts]
+    assert len(tracks) == len(set(tracks))  # one alert per (track, subject)
+    assert len(alerts) < d.frames_analysed
+    for a in alerts:
+        assert a.score >= d.threshold and a.fmr is not None and a.best_shot_sha256
+        assert world.operator.alert_best_shot(a.id).startswith(b"\x89PNG")
+
+
+def test_counters_are_plausible(world: World) -> None:
+    d = world.operator.deployment(world.deployment.id)
+    assert d.frames_received == world.frames_decoded
+    assert d.frames_dropped >= 0
+    assert 0 < d.frames_analysed <= d.frames_received - d.frames_dropped
+    assert d.faces_seen > d.alerts == len(world.pushed)
+
+
+def test_nothing_but_alerts_is_stored(world: World) -> None:
+    with world.ft.store.session(write=False) as s:
+        assert s.scalar(select(func.count()).select_from(ProbeFace)) == 0
+        assert s.scalar(select(func.count()).select_from(ProbeMedia)) == 0
+        shots = set(s.scalars(select(Alert.best_shot_sha256)))
+    new = world.blobs_after - world.blobs_before
+    assert {p.name for p in new} == shots  # one file per best shot, nothing else
+
+
+def test_the_source_is_stored_without_credentials() -> None:
+    assert strip_credentials("rtsp://user:secret@cam.local:554/s1") == "rtsp://cam.local:554/s1"
+    assert strip_credentials("/videos/a@b.mp4") == "/videos/a@b.mp4"
+
+
+def test_review_and_report(world: World) -> None:
+    alerts = world.operator.alerts(world.deployment.id)
+    reviewed = world.operator.review_alert(alerts[0].id, "confirmed", note="stopped and spoken to")
+    assert reviewed.outcome == "confirmed" and reviewed.reviewed_by == "operator"
+    if len(alerts) > 1:
+        world.operator.review_alert(alerts[1].id, "false", note="not him")
+    with pytest.raises(InvalidInputError):
+        world.operator.review_alert(alerts[0].id, "maybe", note="?")
+    report = world.operator.live_report()
+    row = next(r for r in report.deployments if r.id == world.deployment.id)
+    assert row.alerts == len(alerts) and row.confirmed == 1
+    assert row.false_alerts == (1 if len(alerts) > 1 else 0)
+    assert row.faces_seen == world.deployment.faces_seen and row.duration_s > 0
+    with pytest.raises(PermissionDeniedError):
+        world.ft.as_caller(world.ft.caller).review_alert(alerts[0].id, "false", note="admin")
+    actions = {e["action"] for e in world.ft.store.export_audit()}
+    assert {"live.start", "live.alert", "live.end", "alert.view", "alert.review"} <= actions
+
+
+def test_unauthorised_or_expired_watchlists_cannot_be_deployed(world: World) -> None:
+    handles = {r: world.ft.as_caller(None) for r in ("investigator", "operator")}
+    for role, h in handles.items():
+        h.use_token(world.team.tokens[role])
+    inv, op = handles["investigator"], handles["operator"]
+    inv.create_watchlist("wl-unauthorised", purpose="tests", expires_at=_in(days=1))
+    inv.add_to_watchlist("wl-unauthorised", [MIRANDA], reason="tests")
+    with pytest.raises(PolicyError, match="awaiting authorisation"):
+        op.start_deployment("wl-unauthorised", str(world.clip), _in(minutes=1), wait=True)
+    with pytest.raises(PolicyError, match="expires"):  # past the watchlist's expiry
+        op.start_deployment(WATCHLIST, str(world.clip), _in(days=3), wait=True)
+    with world.ft.store.session() as s:
+        s.execute(text("UPDATE watchlists SET expires_at = '2020-01-01 00:00:00.000000'"))
+    try:
+        with pytest.raises(PolicyError, match="expired"):
+            op.start_deployment(WATCHLIST, str(world.clip), _in(minutes=1), wait=True)
+    finally:
+        with world.ft.store.session() as s:
+            s.execute(text(f"UPDATE watchlists SET expires_at = '{_in(days=2):%Y-%m-%d %H:%M:%S}'"))
+    with pytest.raises(PermissionDeniedError):
+        inv.start_deployment(WATCHLIST, str(world.clip), _in(minutes=1), wait=True)
+    with pytest.raises(MediaError):
+        op.start_deployment(WATCHLIST, str(world.clip.with_name("nope.mp4")), _in(minutes=1))
+    with world.ft.store.session(write=False) as s:
+        assert s.scalar(select(func.count()).select_from(Deployment)) == 1
+
+
+def test_a_deployment_past_its_end_time_stops_by_itself(world: World) -> None:
+    started = time.monotonic()
+    info = world.operator.start_deployment(
+        WATCHLIST, str(world.clip), _in(seconds=1.5), wait=True, pace=1.0
+    )
+    assert info.status == "ended" and time.monotonic() - started < 6
+    assert 0 < info.frames_received < world.frames_decoded  # it did not play to the end
+
+
+def test_stop_a_background_deployment(world: World) -> None:
+    info = world.operator.start_deployment(WATCHLIST, str(world.clip), _in(minutes=1), pace=1.0)
+    assert info.status == "running"
+    assert [d.id for d in world.operator.deployments() if d.status == "running"] == [info.id]
+    time.sleep(0.5)
+    stopped = world.operator.stop_deployment(info.id, reason="tests")
+    assert stopped.status == "stopped" and stopped.stopped_at is not None
+    with pytest.raises(InvalidInputError, match="not running"):
+        world.operator.stop_deployment(info.id)
+
+
+def test_alert_retention_deletes_alerts_and_their_files(world: World) -> None:
+    with world.ft.store.session(write=False) as s:
+        shots = set(s.scalars(select(Alert.best_shot_sha256)))
+    assert shots and all((world.ft.store.blobs.path(sha)).exists() for sha in shots)
+    run = world.ft.run_retention()
+    assert run.alerts_purged == 0  # not due yet
+    world.ft.set_policy("alert_retention_hours", 0, reason="tests")
+    run = world.ft.run_retention()
+    assert run.alerts_purged >= len(shots)
+    with world.ft.store.session(write=False) as s:
+        assert s.scalar(select(func.count()).select_from(Alert)) == 0
+    assert not any(world.ft.store.blobs.path(sha).exists() for sha in shots)
+    report = world.operator.live_report()  # the counts outlive the alerts
+    assert report.alerts == world.deployment.alerts + sum(
+        d.alerts for d in report.deployments if d.id != world.deployment.id
+    )
+    assert any(e["action"] == "retention.alerts" for e in world.ft.store.export_audit())
+    world.ft.set_policy("alert_retention_hours", 24, reason="tests")
+
+
+def test_a_restart_marks_orphaned_deployments_interrupted(tmp_path: Path) -> None:
+    team = make_team(tmp_path / "data", approvals=False)
+    with team.open("admin") as ft, ft.store.session() as s:
+        s.add(
+            Deployment(
+                watchlist_name="gone",
+                source="rtsp://cam/1",
+                threshold=0.5,
+                started_by=1,
+                until=_in(hours=1),
+                status="running",
+                seen_at=_in(minutes=-5),
+            )
+        )
+    with team.open("auditor") as ft:
+        (d,) = ft.deployments()
+        assert d.status == "interrupted" and d.stopped_at is not None
+
+
+def test_the_hand_off_keeps_only_the_newest_frames() -> None:
+    slot = FrameSlot(capacity=2)
+    for i in range(10):
+        slot.put(i)
+    assert len(slot) == 2 and slot.received == 10 and slot.dropped == 8
+    assert slot.take(0) == 8 and slot.take(0) == 9 and slot.take(0.01) is None
+    slot.close()
+    assert slot.closed and slot.take(1) is None
+
+    # A slow consumer of a fast producer: drops, never a queue.
+    slot, taken = FrameSlot(), []
+
+    def produce() -> None:
+        for i in range(200):
+            slot.put(i)
+            time.sleep(0.0005)
+        slot.close()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    while not slot.closed:
+        item = slot.take(0.1)
+        if item is not None:
+            taken.append(item)
+            time.sleep(0.01)
+    producer.join()
+    assert slot.dropped > 0 and len(taken) + slot.dropped == 200
+    assert taken == sorted(taken)
+
+
+def test_the_cli(world: World) -> None:
+    """`facetrail live ...` as separate processes on the same data directory."""
+    from test_cli import run, run_json
+
+    until = _in(seconds=4).isoformat()
+    args = ["live", "start", "--watchlist", WATCHLIST, "--source", str(world.clip)]
+    started = run_json(world.team, *args, "--until", until, role="operator")
+    d = started["deployment"]
+    assert d["status"] == "ended" and d["frames_received"] > 0
+    assert {a["subject"] for a in started["alerts"]} == {MIRANDA}
+    listed = run_json(world.team, "live", "list", role="auditor")["deployments"]
+    assert d["id"] in [x["id"] for x in listed]
+    status = run(world.team, "live", "status", str(d["id"]), role="auditor").stdout
+    assert f"deployment {d['id']}: ended" in status
+    alert = started["alerts"][0]["id"]
+    reviewed = run_json(
+        world.team, "live", "review", str(alert), "false", "--note", "no", role="operator"
+    )
+    assert reviewed["outcome"] == "false"
+    report = run(world.team, "live", "report", role="auditor").stdout
+    assert "faces seen" in report
+    refused = run(world.team, "live", "stop", str(d["id"]), check=False, role="investigator")
+    assert refused.returncode != 0 and "may not live.deploy" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+# Serves a clip once as MPEG-TS to the first client of tcp://127.0.0.1:PORT, at PACE times
+# real time. In its own process: PyAV holds the GIL while it waits for the client.
+SERVER = """
+import sys, time
+import av
+clip, port, pace = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+with av.open(clip) as src:
+    stream = src.streams.video[0]
+    url = f"tcp://127.0.0.1:{port}?listen=1&listen_timeout=20000"
+    with av.open(url, "w", format="mpegts") as dst:
+        out = dst.add_stream_from_template(stream)
+        started = time.monotonic()
+        for packet in src.demux(stream):
+            if packet.dts is None:
+                continue
+            due = float(packet.pts * stream.time_base) / pace if packet.pts else 0.0
+            time.sleep(max(0.0, started + due - time.monotonic()))
+            packet.stream = out
+            try:
+                dst.mux(packet)
+            except OSError:
+                break
+"""
+
+
+def test_a_network_stream_on_loopback(world: World) -> None:
+    """The clip served as MPEG-TS over TCP: alerts arrive; when the server goes away the
+    source is reopened with backoff a bounded number of times, then given up."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(world.clip), str(port), "3"])
+    blobs = _blob_files(world.team.data)
+    info = world.operator.start_deployment(
+        WATCHLIST,
+        f"tcp://127.0.0.1:{port}",
+        _in(minutes=1),
+        wait=True,
+        reconnect_attempts=3,
+        backoff=0.2,
+    )
+    server.wait(timeout=30)
+    assert info.status == "interrupted" and "source lost" in (info.error or "")
+    assert info.frames_received > 100 and info.alerts >= 1
+    alerts = world.operator.alerts(info.id)
+    assert {a.subject for a in alerts} == {MIRANDA}
+    new = {p.name for p in _blob_files(world.team.data) - blobs}
+    shots = {a.best_shot_sha256 for a in alerts}
+    # Nothing but best shots was written (one may be the same file as an earlier run's).
+    assert new <= shots and all(world.ft.store.blobs.exists(sha) for sha in shots if sha)
+
+
+def test_withdrawing_the_authorisation_stops_a_running_deployment(world: World) -> None:
+    handles = {r: world.ft.as_caller(None) for r in ("investigator", "authoriser")}
+    for role, h in handles.items():
+        h.use_token(world.team.tokens[role])
+    inv = handles["investigator"]
+    inv.create_watchlist("wl-withdrawn", purpose="tests", expires_at=_in(days=1))
+    inv.add_to_watchlist("wl-withdrawn", [MIRANDA], reason="tests")
+    handles["authoriser"].authorise_watchlist("wl-withdrawn", reason="tests")
+    info = world.operator.start_deployment("wl-withdrawn", str(world.clip), _in(minutes=1))
+    time.sleep(0.3)
+    inv.add_to_watchlist("wl-withdrawn", ["obama"], reason="tests")  # withdraws it
+    for _ in range(50):
+        if world.operator.deployment(info.id).status != "running":
+            break
+        time.sleep(0.1)
+    d = world.operator.deployment(info.id)
+    assert d.status == "stopped" and "awaiting authorisation" in (d.error or "")
