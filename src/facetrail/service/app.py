@@ -1136,7 +1136,7 @@ class Facetrail:
 
         if on_started is not None:
             with self._read() as s:
-                on_started(self._deployment_info(s, self._get_deployment(s, deployment_id)))
+                on_started(live.deployment_info(s, self._get_deployment(s, deployment_id)))
 
         if wait:
             with self._shared.live_lock:
@@ -1160,7 +1160,7 @@ class Facetrail:
                 self._shared.live[deployment_id] = (runner, thread)
             thread.start()
         with self._read() as s:
-            return self._deployment_info(s, self._get_deployment(s, deployment_id))
+            return live.deployment_info(s, self._get_deployment(s, deployment_id))
 
     def _store_alert(
         self,
@@ -1201,7 +1201,7 @@ class Facetrail:
                 fmr=raised.fmr,
                 best_shot=sha,
             )
-            info = self._alert_info(s, alert)
+            info = live.alert_info(s, alert)
         if notify is not None:
             notify(info)
 
@@ -1301,18 +1301,18 @@ class Facetrail:
             if running[1] is not None and running[1] is not threading.current_thread():
                 running[1].join(timeout=30)
         with self._read() as s:
-            return self._deployment_info(s, self._get_deployment(s, deployment_id))
+            return live.deployment_info(s, self._get_deployment(s, deployment_id))
 
     def deployments(self) -> list[live.DeploymentInfo]:
         self._need(Op.LIVE_READ)
         with self._read() as s:
             rows = s.scalars(select(Deployment).order_by(Deployment.id))
-            return [self._deployment_info(s, r) for r in rows]
+            return [live.deployment_info(s, r) for r in rows]
 
     def deployment(self, deployment_id: int) -> live.DeploymentInfo:
         self._need(Op.LIVE_READ)
         with self._read() as s:
-            return self._deployment_info(s, self._get_deployment(s, deployment_id))
+            return live.deployment_info(s, self._get_deployment(s, deployment_id))
 
     def alerts(self, deployment_id: int) -> list[live.AlertInfo]:
         """A deployment's alerts still kept (retention deletes them); viewing is audited."""
@@ -1324,7 +1324,7 @@ class Facetrail:
                     select(Alert).where(Alert.deployment_id == deployment_id).order_by(Alert.id)
                 )
             )
-            infos = [self._alert_info(s, a) for a in rows]
+            infos = [live.alert_info(s, a) for a in rows]
             self._audit(s, caller, "alert.view", "alert", [a.id for a in infos])
         return infos
 
@@ -1373,7 +1373,7 @@ class Facetrail:
                 outcome=outcome,
                 previous=previous,
             )
-            return self._alert_info(s, alert)
+            return live.alert_info(s, alert)
 
     def live_report(self) -> live.LiveReport:
         """Per deployment: faces seen, alerts, confirmed and false alerts, duration (the
@@ -1410,50 +1410,6 @@ class Facetrail:
         if row is None:
             raise NotFoundError(f"no deployment {deployment_id}")
         return row
-
-    @staticmethod
-    def _deployment_info(s: Session, r: Deployment) -> live.DeploymentInfo:
-        starter = s.scalar(select(User.name).where(User.id == r.started_by)) or "?"
-        return live.DeploymentInfo(
-            id=r.id,
-            watchlist=r.watchlist_name,
-            source=r.source,
-            threshold=r.threshold,
-            started_by=starter,
-            started_at=r.started_at,
-            until=r.until,
-            stopped_at=r.stopped_at,
-            status=r.status,
-            error=r.error,
-            frames_received=r.frames_received,
-            frames_dropped=r.frames_dropped,
-            frames_analysed=r.frames_analysed,
-            faces_seen=r.faces_seen,
-            alerts=r.alerts,
-            confirmed=r.confirmed,
-            false_alerts=r.false_alerts,
-        )
-
-    @staticmethod
-    def _alert_info(s: Session, a: Alert) -> live.AlertInfo:
-        reviewer = None
-        if a.reviewed_by is not None:
-            reviewer = s.scalar(select(User.name).where(User.id == a.reviewed_by))
-        return live.AlertInfo(
-            id=a.id,
-            deployment=a.deployment_id,
-            subject=a.subject_name,
-            score=a.score,
-            fmr=a.fmr,
-            at=a.at,
-            time=a.time,
-            track=a.track,
-            best_shot_sha256=a.best_shot_sha256,
-            reviewed_by=reviewer,
-            reviewed_at=a.reviewed_at,
-            outcome=a.outcome,
-            note=a.note,
-        )
 
     # -- audit -----------------------------------------------------------------------------
     def verify_audit(self) -> ChainReport:

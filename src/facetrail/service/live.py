@@ -28,11 +28,14 @@ from typing import Any
 
 import av
 import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from facetrail.errors import FacetrailError, InvalidInputError, MediaError
 from facetrail.media.video import open_video
 from facetrail.service.enrol import png_bytes
 from facetrail.service.results import Candidate
+from facetrail.service.tables import Alert, Deployment, User
 from facetrail.store.models import utcnow
 from facetrail.vision.pipeline import FaceAnalyzer
 from facetrail.vision.tracker import Track, Tracker, TrackerConfig
@@ -400,3 +403,49 @@ class LiveReport:
     alerts: int
     confirmed: int
     false_alerts: int
+
+
+def deployment_info(s: Session, r: Deployment) -> DeploymentInfo:
+    """A deployment row as its caller sees it."""
+    starter = s.scalar(select(User.name).where(User.id == r.started_by)) or "?"
+    return DeploymentInfo(
+        id=r.id,
+        watchlist=r.watchlist_name,
+        source=r.source,
+        threshold=r.threshold,
+        started_by=starter,
+        started_at=r.started_at,
+        until=r.until,
+        stopped_at=r.stopped_at,
+        status=r.status,
+        error=r.error,
+        frames_received=r.frames_received,
+        frames_dropped=r.frames_dropped,
+        frames_analysed=r.frames_analysed,
+        faces_seen=r.faces_seen,
+        alerts=r.alerts,
+        confirmed=r.confirmed,
+        false_alerts=r.false_alerts,
+    )
+
+
+def alert_info(s: Session, a: Alert) -> AlertInfo:
+    """An alert row as its reviewer sees it (the best shot by hash only)."""
+    reviewer = None
+    if a.reviewed_by is not None:
+        reviewer = s.scalar(select(User.name).where(User.id == a.reviewed_by))
+    return AlertInfo(
+        id=a.id,
+        deployment=a.deployment_id,
+        subject=a.subject_name,
+        score=a.score,
+        fmr=a.fmr,
+        at=a.at,
+        time=a.time,
+        track=a.track,
+        best_shot_sha256=a.best_shot_sha256,
+        reviewed_by=reviewer,
+        reviewed_at=a.reviewed_at,
+        outcome=a.outcome,
+        note=a.note,
+    )
