@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -68,6 +67,7 @@ import av
 import numpy as np
 
 import facetrail
+from facetrail.media.video import sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO.parent / "shared" / "data" / "examples" / "face_recognition"
@@ -96,14 +96,6 @@ class Footage:
     fps: float  # average frame rate
     sha256: str
     made: str  # how the file came to be
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(_MIB), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def describe(path: Path, label: str, made: str) -> Footage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,3 +75,13 @@ def make_team(data: Path, *, approvals: bool = True) -> Team:
 @pytest.fixture()
 def team(tmp_path: Path) -> Team:
     return make_team(tmp_path / "data")
+
+
+def sql(data: Path, query: str, *params: object) -> list[tuple]:
+    """Rows of a query on a data directory's database, read directly (not through facetrail):
+    what is really on disk."""
+    db = sqlite3.connect(data / "facetrail.db")
+    try:
+        return db.execute(query, params).fetchall()
+    finally:
+        db.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CASE, Team, make_team
+from conftest import CASE, Team, make_team, sql
 from facetrail.store import Store
 from facetrail.store.models import utcnow
 
@@ -137,14 +137,6 @@ def dump(data: Path) -> str:
     db = sqlite3.connect(data / DB)
     try:
         return "\n".join(db.iterdump())
-    finally:
-        db.close()
-
-
-def sql(data: Path, query: str, *params: object) -> list[tuple]:
-    db = sqlite3.connect(data / DB)
-    try:
-        return db.execute(query, params).fetchall()
     finally:
         db.close()
 

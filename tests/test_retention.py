@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from datetime import timedelta
@@ -17,14 +16,13 @@ import pytest
 from sqlalchemy import update
 
 import facetrail
-from conftest import CASE, Team, make_team
+from conftest import CASE, Team, make_team, sql
 from facetrail.service.retention import DueSearch, DueSubject
 from facetrail.service.tables import Case
 from facetrail.store.models import Subject, utcnow
 
 FR = "examples/face_recognition"
 TEST = f"{FR}/knn_examples/test"
-DB = "facetrail.db"
 GALLERY = {  # subject -> its one reference image
     "kit_harington": "knn_examples/train/kit_harington/john1.jpeg",
     "obama": "knn_examples/train/obama/obama.jpg",
@@ -57,14 +55,6 @@ def team(base: Team, tmp_path: Path) -> Team:
 
 
 # --------------------------------------------------------------------------- looking
-
-
-def sql(data: Path, query: str, *params: object) -> list[tuple]:
-    db = sqlite3.connect(data / DB)
-    try:
-        return db.execute(query, params).fetchall()
-    finally:
-        db.close()
 
 
 def one(data: Path, query: str, *params: object) -> object:

@@ -92,7 +92,8 @@ class DecodeStats:
         return self.packets_skipped > 0
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB pieces (videos are too large to hold)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(_MIB), b""):
@@ -163,7 +164,7 @@ class Video:
                 duration = _as_float(self._container.duration / av.time_base)
             self.info = VideoInfo(
                 name=name,
-                sha256=_sha256_of(path),
+                sha256=sha256_of(path),
                 format=self._container.format.name,
                 codec=ctx.name,
                 width=width,
