@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACETRAIL_", extra="ignore")
 
     data: Path = Field(default_factory=default_data_dir, description="data directory")
+    # Where metadata, policy and the audit trail live: unset, a SQLite file in the data
+    # directory; or a PostgreSQL URL (postgresql://user:password@host:5432/db) that many
+    # service processes share. Blobs stay files in `data` either way. Secret: it may hold a
+    # password.
+    database_url: SecretStr | None = None
 
     # Media limits: decoded pixels above this are refused (decompression bombs, 100 MP images).
     max_image_pixels: int = 50_000_000
@@ -59,6 +64,18 @@ class Settings(BaseSettings):
     threshold: float | None = None
     top_k: int = Field(5, ge=1, le=1000)
     min_quality: float = Field(0.0, ge=0, le=1)
+
+    # Live alerts may also be POSTed to a control-room system (signed with the secret when one
+    # is set); the best shot goes with them only when asked for.
+    live_webhook_url: str | None = None
+    live_webhook_secret: SecretStr | None = None
+    live_webhook_best_shot: bool = False
+
+    def database(self) -> str | None:
+        """The configured database URL as text, or None for SQLite in the data directory."""
+        if self.database_url is None or not self.database_url.get_secret_value().strip():
+            return None
+        return self.database_url.get_secret_value().strip()
 
     @property
     def cache_dir(self) -> Path:

@@ -49,6 +49,7 @@ from facetrail.service import search as searching
 from facetrail.service.access import SYSTEM, Caller, Op, Role, authenticated, require
 from facetrail.service.footage import VideoOptions, VideoProgress
 from facetrail.service.live_desk import LiveDesk
+from facetrail.service.live_events import EventHub
 from facetrail.service.results import (
     EnrolItemResult,
     EnrolReport,
@@ -63,6 +64,7 @@ from facetrail.service.tables import (
     ProbeMedia,
     User,
 )
+from facetrail.service.webhook import WebhookSender
 from facetrail.store import (
     AuditRecord,
     ChainReport,
@@ -77,8 +79,6 @@ from facetrail.vision.detector import HogDetector
 from facetrail.vision.pipeline import FaceAnalyzer
 from facetrail.vision.tracker import TrackerConfig
 
-# A deployment left "running" without a heartbeat for this long is taken for interrupted.
-LIVE_STALE_S = 30.0
 RETENTION_ACTIONS = ("retention.purge", "retention.erase", "retention.alerts", "retention.run")
 
 
@@ -112,13 +112,17 @@ class _Shared:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = Store.open(settings.data, key=settings.encryption_key_bytes())
+        self.store = Store.open(
+            settings.data, settings.database(), key=settings.encryption_key_bytes()
+        )
         self._lock = threading.Lock()
         self._analyzer: FaceAnalyzer | None = None
         self._video_analyzer: FaceAnalyzer | None = None
         # Live deployments run by this process: id -> (runner, its thread or None).
         self.live: dict[int, tuple[live.LiveRunner, threading.Thread | None]] = {}
         self.live_lock = threading.Lock()
+        self.hub = EventHub()
+        self.webhook: WebhookSender | None = None
 
     @property
     def analyzer(self) -> FaceAnalyzer:
@@ -151,7 +155,7 @@ class Facetrail(LiveDesk):
         if _shared is None:
             try:
                 self.apply_retention()
-                self._mark_interrupted()
+                self._orphans()
                 if token is not None:
                     self.use_token(token)
             except BaseException:
@@ -164,9 +168,11 @@ class Facetrail(LiveDesk):
             with self._shared.live_lock:
                 running = list(self._shared.live.values())
             for runner, thread in running:
-                runner.stop()
+                runner.stop(shutdown=True)
                 if thread is not None:
                     thread.join(timeout=30)
+            if self._shared.webhook is not None:
+                self._shared.webhook.close()
             self._shared.store.close()
 
     def __enter__(self) -> Facetrail:

@@ -72,6 +72,7 @@ class LiveFrame:
     index: int  # position among the frames received
     time: float  # seconds from the start of the stream
     pixels: np.ndarray  # (H, W, 3) uint8 RGB
+    arrived: float  # epoch seconds when the reader had it decoded: where latency starts
 
 
 class FrameSlot:
@@ -141,6 +142,8 @@ class RaisedAlert:
     time: float  # seconds into the stream of the best shot
     at: datetime
     best_shot: bytes | None  # PNG of the track's best shot (a crop around the face)
+    frame: int  # the frame that raised it
+    frame_arrived: float  # epoch seconds when that frame arrived
 
 
 @dataclass
@@ -161,8 +164,9 @@ Rank = Callable[[np.ndarray], list[list[Candidate]]]
 
 class LiveRunner:
     """One deployment's run. `run()` blocks until it ends and returns how it ended:
-    "ended" (end time reached or the file ended), "stopped", or "interrupted" (the source
-    was lost and could not be reopened; `error` says why)."""
+    "ended" (end time reached or the file ended), "stopped", "shutdown" (the process is
+    stopping), or "interrupted" (the source was lost and could not be reopened; `error` says
+    why)."""
 
     def __init__(
         self,
@@ -184,8 +188,12 @@ class LiveRunner:
         self._stop = threading.Event()
         self._slot = FrameSlot(options.slot_capacity)
         self._reader_outcome = "ended"
+        self._shutdown = False
 
-    def stop(self) -> None:
+    def stop(self, *, shutdown: bool = False) -> None:
+        """End the run; `shutdown`: because the process is stopping (the run ends as
+        "shutdown", which the service may resume when it starts again)."""
+        self._shutdown = self._shutdown or shutdown
         self._stop.set()
 
     @property
@@ -201,7 +209,7 @@ class LiveRunner:
                 due = started + frame.time / pace
                 if self._stop.wait(max(0.0, due - clock.monotonic())):
                     return
-                yield LiveFrame(frame.index, frame.time, frame.pixels)
+                yield LiveFrame(frame.index, frame.time, frame.pixels, clock.time())
 
     def _stream_frames(self) -> Iterator[LiveFrame]:
         """A network or device source, reopened with backoff when lost."""
@@ -226,7 +234,7 @@ class LiveRunner:
                             t = clock.monotonic() - started
                         first = t if first is None else first
                         pixels = frame.to_ndarray(format="rgb24")
-                        yield LiveFrame(index, max(0.0, float(t) - first), pixels)
+                        yield LiveFrame(index, max(0.0, float(t) - first), pixels, clock.time())
                         index += 1
                 finally:
                     container.close()
@@ -267,7 +275,7 @@ class LiveRunner:
         try:
             while True:
                 if self._stop.is_set():
-                    outcome = "stopped"
+                    outcome = "shutdown" if self._shutdown else "stopped"
                     break
                 if utcnow() >= self.options.until:
                     outcome = "ended"
@@ -322,10 +330,10 @@ class LiveRunner:
                     continue
                 seen.add(c.subject)
                 self.counters.alerts += 1
-                self.on_alert(self._alert(track, c))
+                self.on_alert(self._alert(track, c, frame))
 
     @staticmethod
-    def _alert(track: Track, candidate: Candidate) -> RaisedAlert:
+    def _alert(track: Track, candidate: Candidate, frame: LiveFrame) -> RaisedAlert:
         best = track.best
         assert best is not None
         image = best.context if best.context is not None else best.chip
@@ -337,6 +345,8 @@ class LiveRunner:
             time=round(best.time, 3),
             at=utcnow(),
             best_shot=None if image is None else png_bytes(np.asarray(image)),
+            frame=frame.index,
+            frame_arrived=frame.arrived,
         )
 
 
@@ -362,6 +372,8 @@ class DeploymentInfo:
     alerts: int
     confirmed: int
     false_alerts: int
+    resumable: bool
+    resumed: int  # times a service restart resumed it
 
 
 @dataclass(frozen=True)
@@ -426,6 +438,8 @@ def deployment_info(s: Session, r: Deployment) -> DeploymentInfo:
         alerts=r.alerts,
         confirmed=r.confirmed,
         false_alerts=r.false_alerts,
+        resumable=r.resumable,
+        resumed=r.resumed,
     )
 
 

@@ -8,8 +8,12 @@ transaction. The runner itself (threads, frames, tracks, alerts) is `service.liv
 
 from __future__ import annotations
 
+import base64
+import os
+import socket
 import threading
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,17 +32,18 @@ from facetrail.service import (
     watchlists,
 )
 from facetrail.service import search as searching
-from facetrail.service.access import SYSTEM, Caller, Op, Role
+from facetrail.service.access import SYSTEM, Caller, Op, Role, allowed
+from facetrail.service.live_events import LiveEvent, Subscription
 from facetrail.service.tables import (
     Alert,
     Deployment,
     User,
 )
+from facetrail.service.webhook import Delivery, WebhookSender
 from facetrail.store.models import Subject, utcnow
 
-# A deployment left "running" without a heartbeat for this long is taken for interrupted.
+# A deployment left "running" without a heartbeat for this long is taken for orphaned.
 LIVE_STALE_S = 30.0
-RETENTION_ACTIONS = ("retention.purge", "retention.erase", "retention.alerts", "retention.run")
 
 
 class LiveDesk:
@@ -55,12 +60,16 @@ class LiveDesk:
         pace: float = 1.0,
         reconnect_attempts: int = 5,
         backoff: float = 0.5,
+        resumable: bool = False,
     ) -> live.DeploymentInfo:
         """Watch `source` against an authorised, unexpired watchlist until `until` (no later
         than the watchlist's expiry). The run is a background thread of this process, or,
         with `wait`, runs to its end in the calling thread. Only alerts are stored (with the
         track's best shot); faces that match nothing are counted, never kept. `pace`: how
-        fast a file source is played (1.0: real time; rehearsals and tests)."""
+        fast a file source is played (1.0: real time; rehearsals and tests). `resumable`
+        (the service's deployments): when this process stops, the deployment is suspended
+        and the service resumes it when it starts again, if its source is a stream or
+        camera without credentials (which are never stored)."""
         caller = self._need(Op.LIVE_DEPLOY)
         if not isinstance(until, datetime) or until.tzinfo is None:
             raise InvalidInputError("the end time must be a time with a time zone")
@@ -92,6 +101,10 @@ class LiveDesk:
                 until=until,
                 status="running",
                 seen_at=utcnow(),
+                runner=RUNNER,
+                resumable=bool(
+                    resumable and kind != "file" and live.strip_credentials(source) == source
+                ),
             )
             s.add(row)
             s.flush()
@@ -109,44 +122,63 @@ class LiveDesk:
                 threshold=row.threshold,
                 until=until.isoformat(),
                 subjects=len(subjects),
+                resumable=row.resumable,
             )
-        model = self.analyzer.model_id
-        index = searching._subset_index(self.store, model, subjects)
-        video = self._video_options(scoring, None)
+        run = _Run(deployment_id, caller, source, until, subjects, scoring, live.Counters())
+        options = dict(pace=pace, reconnect_attempts=reconnect_attempts, backoff=backoff)
+        return self._launch(run, wait=wait, on_alert=on_alert, on_started=on_started, **options)
+
+    def _launch(
+        self,
+        run: _Run,
+        *,
+        wait: bool,
+        on_alert: Callable[[live.AlertInfo], None] | None = None,
+        on_started: Callable[[live.DeploymentInfo], None] | None = None,
+        pace: float = 1.0,
+        reconnect_attempts: int = 5,
+        backoff: float = 0.5,
+    ) -> live.DeploymentInfo:
+        """Run a deployment whose row says "running" in this process."""
+        deployment_id = run.deployment_id
+        self._start_webhook()
+        index = searching._subset_index(self.store, self.analyzer.model_id, run.subjects)
+        video = self._video_options(run.scoring, None)
 
         def rank(descriptors: np.ndarray) -> list[list[Any]]:
-            return searching.rank_candidates(self.store, index, descriptors, scoring, 3, False)
+            return searching.rank_candidates(self.store, index, descriptors, run.scoring, 3, False)
 
         runner = live.LiveRunner(
-            source,
+            run.source,
             rank,
             live.LiveOptions(
                 analyzer=video.analyzer,
                 tracker=video.tracker,
-                until=until,
+                until=run.until,
                 pace=pace,
                 reconnect_attempts=reconnect_attempts,
                 backoff=backoff,
                 max_pixels=self.settings.max_image_pixels,
             ),
             on_alert=lambda raised: self._store_alert(deployment_id, raised, on_alert),
-            on_counters=lambda counters: self._live_beat(deployment_id, counters),
+            on_counters=lambda counters: self._live_beat(run, counters),
         )
 
         def finish() -> None:
             try:
                 outcome = runner.run()
             except KeyboardInterrupt:  # Ctrl-C in the foreground: the operator stopped it
-                self._end_deployment(deployment_id, caller, "stopped", runner)
+                self._end_deployment(run, "stopped", runner)
                 raise
             except BaseException as exc:  # recorded, never lost with the thread
                 runner.error = f"the deployment failed: {exc}"
-                self._end_deployment(deployment_id, caller, "interrupted", runner)
+                self._end_deployment(run, "interrupted", runner)
                 if wait:
                     raise
                 return
-            self._end_deployment(deployment_id, caller, outcome, runner)
+            self._end_deployment(run, outcome, runner)
 
+        self._publish("deployment", deployment_id, status="running")
         if on_started is not None:
             with self._read() as s:
                 on_started(live.deployment_info(s, self._get_deployment(s, deployment_id)))
@@ -174,6 +206,66 @@ class LiveDesk:
             thread.start()
         with self._read() as s:
             return live.deployment_info(s, self._get_deployment(s, deployment_id))
+
+    def resume_deployments(self) -> list[live.DeploymentInfo]:
+        """Resume the suspended deployments (the service calls this when it starts): those
+        before their end time whose watchlist is still authorised and whose starter may still
+        deploy; the others are marked interrupted, with the reason."""
+        self._orphans()
+        with self._read() as s:
+            ids = list(s.scalars(select(Deployment.id).where(Deployment.status == "suspended")))
+        resumed = []
+        for deployment_id in ids:
+            run = self._claim_suspended(deployment_id)
+            if run is not None:
+                resumed.append(self._launch(run, wait=False))
+        return resumed
+
+    def _claim_suspended(self, deployment_id: int) -> _Run | None:
+        """Take a suspended deployment for this process ("running" again), or mark it
+        interrupted when it can no longer run; None unless it is to be launched."""
+        with self._write() as s:
+            row = self._get_deployment(s, deployment_id)
+            if row.status != "suspended":
+                return None  # another service process took it
+            starter = s.get(User, row.started_by)
+            why = None
+            if row.until <= utcnow():
+                why = "its end time passed while it was suspended"
+            elif (
+                starter is None
+                or not starter.active
+                or not allowed(Role(starter.role), Op.LIVE_DEPLOY)
+            ):
+                why = "the user who started it can no longer deploy"
+            if why is None:
+                try:
+                    _, subjects = watchlists.searchable_subjects(s, row.watchlist_name)
+                except (PolicyError, NotFoundError) as exc:
+                    why = str(exc)
+            if why is not None:
+                row.status, row.stopped_at, row.error = "interrupted", utcnow(), why
+                self._audit(
+                    s, SYSTEM, "live.interrupted", "deployment", [deployment_id], reason=why
+                )
+                self._publish("deployment", deployment_id, status="interrupted")
+                return None
+            assert starter is not None
+            row.status, row.runner, row.seen_at = "running", RUNNER, utcnow()
+            row.resumed += 1
+            row.error = None
+            self._audit(s, SYSTEM, "live.resume", "deployment", [deployment_id])
+            caller = Caller(starter.id, starter.name, Role(starter.role))
+            base = live.Counters(
+                row.frames_received,
+                row.frames_dropped,
+                row.frames_analysed,
+                row.faces_seen,
+                row.alerts,
+            )
+            source, until, threshold = row.source, row.until, row.threshold
+        scoring = self.scoring(threshold)
+        return _Run(deployment_id, caller, source, until, subjects, scoring, base)
 
     def _store_alert(
         self,
@@ -215,47 +307,57 @@ class LiveDesk:
                 best_shot=sha,
             )
             info = live.alert_info(s, alert)
+        self._publish(
+            "alert", deployment_id, alert=info.id, frame=raised.frame, arrived=raised.frame_arrived
+        )
         if notify is not None:
             notify(info)
 
-    def _live_beat(self, deployment_id: int, counters: live.Counters) -> bool:
+    def _live_beat(self, run: _Run, counters: live.Counters) -> bool:
         """Write the counters and the heartbeat; False if the run must stop (stopped from
         elsewhere, or its watchlist is no longer authorised)."""
         with self._write() as s:
-            row = self._get_deployment(s, deployment_id)
-            row.frames_received = counters.frames_received
-            row.frames_dropped = counters.frames_dropped
-            row.frames_analysed = counters.frames_analysed
-            row.faces_seen = counters.faces_seen
+            row = self._get_deployment(s, run.deployment_id)
+            _write_counters(row, run.base, counters)
             row.seen_at = utcnow()
-            if row.status != "running":
-                return False
-            try:
-                watchlists.searchable_subjects(s, row.watchlist_name)
-            except (PolicyError, NotFoundError) as exc:
-                row.error = str(exc)
-                return False
-            return True
+            go = row.status == "running"
+            if go:
+                try:
+                    watchlists.searchable_subjects(s, row.watchlist_name)
+                except (PolicyError, NotFoundError) as exc:
+                    row.error = str(exc)
+                    go = False
+            info = live.deployment_info(s, row)
+        self._publish("deployment", run.deployment_id, **_counters(info))
+        return go
 
-    def _end_deployment(
-        self, deployment_id: int, caller: Caller, outcome: str, runner: live.LiveRunner
-    ) -> None:
-        c = runner.counters
+    def _end_deployment(self, run: _Run, outcome: str, runner: live.LiveRunner) -> None:
+        """Record how a run ended. A run ended by this process stopping is suspended (if
+        resumable and before its end time: the service resumes it when it starts again),
+        otherwise interrupted."""
         with self._write() as s:
-            row = self._get_deployment(s, deployment_id)
-            row.frames_received, row.frames_dropped = c.frames_received, c.frames_dropped
-            row.frames_analysed, row.faces_seen = c.frames_analysed, c.faces_seen
+            row = self._get_deployment(s, run.deployment_id)
+            _write_counters(row, run.base, runner.counters)
+            row.runner = None
             if row.status != "running":
                 return  # stopped by someone, who was audited
+            if outcome == "shutdown":
+                if row.resumable and row.until > utcnow():
+                    outcome = "suspended"
+                else:
+                    outcome = "interrupted"
+                    runner.error = runner.error or "the service running it stopped"
             row.status = outcome
-            row.stopped_at = row.seen_at = utcnow()
+            row.seen_at = utcnow()
+            if outcome != "suspended":
+                row.stopped_at = row.seen_at
             row.error = row.error or runner.error
             self._audit(
                 s,
-                caller,
-                "live.end",
+                run.caller,
+                "live.suspend" if outcome == "suspended" else "live.end",
                 "deployment",
-                [deployment_id],
+                [run.deployment_id],
                 status=outcome,
                 error=row.error,
                 frames_received=row.frames_received,
@@ -264,49 +366,53 @@ class LiveDesk:
                 faces_seen=row.faces_seen,
                 alerts=row.alerts,
             )
+        self._publish("deployment", run.deployment_id, status=outcome)
 
-    def _mark_interrupted(self) -> None:
-        """On start: deployments left "running" by a process that is gone (no heartbeat for
-        `LIVE_STALE_S`) are marked interrupted; they are not resumed."""
+    def _orphans(self) -> None:
+        """Deployments left "running" by a process that is gone (dead on this host, or no
+        heartbeat for `LIVE_STALE_S`): suspended if the service may resume them, otherwise
+        marked interrupted."""
         stale = utcnow() - timedelta(seconds=LIVE_STALE_S)
         with self._read() as s:
-            ids = list(
-                s.scalars(
-                    select(Deployment.id).where(
-                        Deployment.status == "running", Deployment.seen_at < stale
-                    )
+            rows = s.execute(
+                select(Deployment.id, Deployment.runner, Deployment.seen_at).where(
+                    Deployment.status == "running"
                 )
-            )
-        if not ids:
-            return
-        with self._write() as s:
-            for deployment_id in ids:
+            ).all()
+        ids = [
+            i
+            for i, runner, seen in rows
+            if i not in self._shared.live and (_gone(runner) or seen is None or seen < stale)
+        ]
+        for deployment_id in ids:
+            with self._write() as s:
                 row = self._get_deployment(s, deployment_id)
-                if row.status != "running" or deployment_id in self._shared.live:
+                if row.status != "running":
                     continue
-                row.status, row.stopped_at = "interrupted", utcnow()
-                row.error = "the process running it stopped"
-                self._audit(
-                    s,
-                    SYSTEM,
-                    "live.interrupted",
-                    "deployment",
-                    [deployment_id],
-                    status="interrupted",
-                )
+                if row.resumable and row.until > utcnow():
+                    row.status, row.runner = "suspended", None
+                    action = "live.suspend"
+                else:
+                    row.status, row.stopped_at = "interrupted", utcnow()
+                    row.error = "the process running it stopped"
+                    action = "live.interrupted"
+                self._audit(s, SYSTEM, action, "deployment", [deployment_id], status=row.status)
+                status = row.status
+            self._publish("deployment", deployment_id, status=status)
 
     def stop_deployment(
         self, deployment_id: int, *, reason: str | None = None
     ) -> live.DeploymentInfo:
-        """Stop a running deployment (run by this process or another one, which notices at
-        its next heartbeat)."""
+        """Stop a running or suspended deployment (run by this process or another one,
+        which notices at its next heartbeat)."""
         caller = self._need(Op.LIVE_DEPLOY)
         with self._write() as s:
             row = self._get_deployment(s, deployment_id)
-            if row.status != "running":
+            if row.status not in ("running", "suspended"):
                 raise InvalidInputError(f"deployment {deployment_id} is not running: {row.status}")
             row.status, row.stopped_at = "stopped", utcnow()
             self._audit(s, caller, "live.stop", "deployment", [deployment_id], reason=reason)
+        self._publish("deployment", deployment_id, status="stopped")
         with self._shared.live_lock:
             running = self._shared.live.get(deployment_id)
         if running is not None:
@@ -329,16 +435,22 @@ class LiveDesk:
 
     def alerts(self, deployment_id: int) -> list[live.AlertInfo]:
         """A deployment's alerts still kept (retention deletes them); viewing is audited."""
+        return self.alerts_since(0, deployment_id)
+
+    def alerts_since(self, after: int, deployment_id: int | None = None) -> list[live.AlertInfo]:
+        """The alerts kept with an id above `after`, of one deployment or of all: what an
+        operator's live page has not shown yet. Viewing is audited (when there is any)."""
         caller = self._need(Op.LIVE_READ)
-        with self._write() as s:
-            self._get_deployment(s, deployment_id)
-            rows = list(
-                s.scalars(
-                    select(Alert).where(Alert.deployment_id == deployment_id).order_by(Alert.id)
-                )
-            )
-            infos = [live.alert_info(s, a) for a in rows]
-            self._audit(s, caller, "alert.view", "alert", [a.id for a in infos])
+        query = select(Alert).where(Alert.id > after).order_by(Alert.id)
+        if deployment_id is not None:
+            query = query.where(Alert.deployment_id == deployment_id)
+        with self._read() as s:
+            if deployment_id is not None:
+                self._get_deployment(s, deployment_id)
+            infos = [live.alert_info(s, a) for a in s.scalars(query)]
+        if infos:
+            with self._write() as s:
+                self._audit(s, caller, "alert.view", "alert", [a.id for a in infos])
         return infos
 
     def alert_best_shot(self, alert_id: int) -> bytes:
@@ -386,7 +498,9 @@ class LiveDesk:
                 outcome=outcome,
                 previous=previous,
             )
-            return live.alert_info(s, alert)
+            info = live.alert_info(s, alert)
+        self._publish("review", info.deployment, alert=info.id, outcome=outcome)
+        return info
 
     def live_report(self) -> live.LiveReport:
         """Per deployment: faces seen, alerts, confirmed and false alerts, duration (the
@@ -417,9 +531,125 @@ class LiveDesk:
             false_alerts=sum(d.false_alerts for d in out),
         )
 
+    # -- events and the webhook ------------------------------------------------------------
+    def live_events(self, deployment_id: int | None = None) -> Subscription:
+        """A subscription to this process's live events (of one deployment, or all). Events
+        carry ids and counters only; read alerts through `alerts_since`."""
+        self._need(Op.LIVE_READ)
+        return self._shared.hub.subscribe(deployment_id)
+
+    def _publish(self, kind: str, deployment_id: int, **data: Any) -> None:
+        self._shared.hub.publish(LiveEvent(kind, deployment_id, data))
+
+    def _start_webhook(self) -> None:
+        """Start the configured webhook's sender, once per process, before the first run."""
+        url = self.settings.live_webhook_url
+        if not url:
+            return
+        with self._shared.live_lock:
+            if self._shared.webhook is not None:
+                return
+            secret = self.settings.live_webhook_secret
+            self._shared.webhook = WebhookSender(
+                url,
+                secret.get_secret_value().encode() if secret else None,
+                self._shared.hub,
+                self._webhook_payload,
+                self._webhook_delivered,
+            )
+
+    def _webhook_payload(self, event: LiveEvent) -> dict[str, Any] | None:
+        """What the webhook receives for an event: alerts (with the best shot only when
+        configured) and changes of a deployment's status; not the heartbeats."""
+        if event.kind == "deployment" and "status" in event.data:
+            return {"event": "deployment", "deployment": event.deployment, **event.data}
+        if event.kind != "alert":
+            return None
+        with self._read() as s:
+            alert = s.get(Alert, event.data["alert"])
+            if alert is None:
+                return None  # deleted since (retention)
+            info = live.alert_info(s, alert)
+        body: dict[str, Any] = {"event": "alert", **asdict(info), "frame": event.data["frame"]}
+        if self.settings.live_webhook_best_shot and info.best_shot_sha256:
+            shot = self.store.blobs.get(info.best_shot_sha256)
+            body["best_shot_png"] = base64.b64encode(shot).decode()
+        return body
+
+    def _webhook_delivered(self, delivery: Delivery) -> None:
+        """Every alert that left the system, or failed to, is in the audit trail."""
+        if delivery.event.kind != "alert":
+            return
+        with self._write() as s:
+            self._audit(
+                s,
+                SYSTEM,
+                "live.webhook",
+                "alert",
+                [delivery.event.data["alert"]],
+                deployment=delivery.event.deployment,
+                status=delivery.status,
+                attempts=delivery.attempts,
+                error=delivery.error,
+                best_shot=self.settings.live_webhook_best_shot,
+            )
+
     @staticmethod
     def _get_deployment(s: Session, deployment_id: int) -> Deployment:
         row = s.get(Deployment, deployment_id)
         if row is None:
             raise NotFoundError(f"no deployment {deployment_id}")
         return row
+
+
+# Which process runs a deployment: "host:pid".
+RUNNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone(runner: str | None) -> bool:
+    """Whether the process named by `runner` is known to be gone: none, or a process of this
+    host that no longer exists (of another host, only the heartbeat can tell)."""
+    if runner is None:
+        return True
+    host, _, pid = runner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a deployment's run needs, whether started now or resumed."""
+
+    deployment_id: int
+    caller: Caller
+    source: str  # as given (a resumed one has no credentials)
+    until: datetime
+    subjects: set[int]
+    scoring: searching.Scoring
+    base: live.Counters  # the counts of the runs before this one (a resumed deployment)
+
+
+def _write_counters(row: Deployment, base: live.Counters, c: live.Counters) -> None:
+    row.frames_received = base.frames_received + c.frames_received
+    row.frames_dropped = base.frames_dropped + c.frames_dropped
+    row.frames_analysed = base.frames_analysed + c.frames_analysed
+    row.faces_seen = base.faces_seen + c.faces_seen
+
+
+def _counters(info: live.DeploymentInfo) -> dict[str, Any]:
+    return {
+        "frames_received": info.frames_received,
+        "frames_dropped": info.frames_dropped,
+        "frames_analysed": info.frames_analysed,
+        "faces_seen": info.faces_seen,
+        "alerts": info.alerts,
+    }

@@ -300,8 +300,13 @@ class Deployment(Base):
     # "running", "stopped", "ended" or "interrupted"
     status: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
     error: Mapped[str | None] = mapped_column(String(1000), nullable=True)
-    # When the process running it last wrote its counters (a heartbeat).
+    # When the process running it last wrote its counters (a heartbeat), and which process
+    # that is ("host:pid"; None while no process runs it).
     seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    runner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # Started by the service from a source without credentials: a restart resumes it.
+    resumable: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    resumed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     frames_received: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     frames_dropped: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     frames_analysed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
