@@ -4,11 +4,13 @@ the end of their retention period, and the hand-off drops frames rather than que
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 import facetrail
+import streams
 from conftest import Team, make_team
 from facetrail.errors import InvalidInputError, MediaError, PermissionDeniedError, PolicyError
 from facetrail.service import live
@@ -28,6 +31,7 @@ CLIP = f"{FR}/short_hamilton_clip.mp4"
 MIRANDA = "lin-manuel-miranda"
 WATCHLIST = "wl-live"  # authorised: Miranda only (Obama is enrolled, not on it)
 PACE = 4.0  # the 9 s clip in about 2 s
+OUT = {"capture_output": True, "text": True, "check": True}
 
 
 def _in(**kw: float) -> datetime:
@@ -211,23 +215,133 @@ def test_alert_retention_deletes_alerts_and_their_files(world: World) -> None:
     world.ft.set_policy("alert_retention_hours", 24, reason="tests")
 
 
-def test_a_restart_marks_orphaned_deployments_interrupted(tmp_path: Path) -> None:
+def test_a_restart_suspends_or_interrupts_orphaned_deployments(tmp_path: Path) -> None:
+    """Left "running" by a process that is gone: a silent one (no heartbeat), or one of this
+    host whose pid no longer exists (at once). Resumable ones are suspended for the service
+    to resume; the others are interrupted."""
     team = make_team(tmp_path / "data", approvals=False)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **OUT)
+    here = f"{socket.gethostname()}:{int(dead.stdout)}"
+    rows = [
+        ("rtsp://cam/1", None, _in(minutes=-5), False),  # silent
+        ("rtsp://cam/2", here, _in(seconds=-1), False),  # its process died just now
+        ("rtsp://cam/3", here, _in(seconds=-1), True),  # the same, resumable
+        ("rtsp://cam/4", f"{socket.gethostname()}:{os.getpid()}", _in(seconds=-1), True),
+    ]
     with team.open("admin") as ft, ft.store.session() as s:
-        s.add(
-            Deployment(
-                watchlist_name="gone",
-                source="rtsp://cam/1",
-                threshold=0.5,
-                started_by=1,
-                until=_in(hours=1),
-                status="running",
-                seen_at=_in(minutes=-5),
+        for source, runner, seen, resumable in rows:
+            s.add(
+                Deployment(
+                    watchlist_name="gone",
+                    source=source,
+                    threshold=0.5,
+                    started_by=1,
+                    until=_in(hours=1),
+                    status="running",
+                    seen_at=seen,
+                    runner=runner,
+                    resumable=resumable,
+                )
             )
-        )
     with team.open("auditor") as ft:
-        (d,) = ft.deployments()
-        assert d.status == "interrupted" and d.stopped_at is not None
+        status = {d.source: d.status for d in ft.deployments()}
+        assert status == {
+            "rtsp://cam/1": "interrupted",
+            "rtsp://cam/2": "interrupted",
+            "rtsp://cam/3": "suspended",
+            "rtsp://cam/4": "running",  # this very process, alive and beating
+        }
+    with facetrail.open(team.data) as service:
+        # The service resumes what it can: this one was started by the admin, who may not.
+        assert service.resume_deployments() == []
+    with team.open("auditor") as ft:
+        (d,) = [d for d in ft.deployments() if d.source == "rtsp://cam/3"]
+        assert d.status == "interrupted" and "can no longer deploy" in (d.error or "")
+
+
+def test_a_service_restart_resumes_its_deployment(world: World) -> None:
+    """A stream deployment started by the service is suspended when the service stops and
+    resumed (same deployment, counters carried on) when it starts again; one from a file is
+    interrupted instead."""
+    url, server = streams.serve(world.clip, pace=1, loops=30)
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        with world.team.open("operator") as ft:
+            d = ft.start_deployment(WATCHLIST, url, _in(minutes=5), resumable=True)
+            assert d.resumable
+            _wait_for(lambda: ft.deployment(d.id).frames_analysed > 3)
+        with world.team.open("auditor") as ft:
+            before = ft.deployment(d.id)
+        assert before.status == "suspended" and before.stopped_at is None
+        server.wait(timeout=30)  # its client went away
+        url, server = streams.serve(world.clip, pace=1, loops=30, port=port)
+        with facetrail.open(world.team.data) as service:  # as `facetrail serve` does
+            (resumed,) = service.resume_deployments()
+            assert resumed.id == d.id and resumed.status == "running" and resumed.resumed == 1
+            op = service.as_caller(None)
+            op.use_token(world.team.tokens["operator"])
+            _wait_for(lambda: op.deployment(d.id).frames_analysed > before.frames_analysed)
+            op.stop_deployment(d.id, reason="tests")
+            after = op.deployment(d.id)
+            assert after.status == "stopped" and after.frames_received > before.frames_received
+            actions = [
+                e["action"]
+                for e in service.store.export_audit()
+                if e["object_type"] == "deployment" and e["object_ids"] == [d.id]
+            ]
+            assert actions == ["live.start", "live.suspend", "live.resume", "live.stop"]
+    finally:
+        server.kill()
+        server.wait()
+    with world.team.open("operator") as ft:
+        f = ft.start_deployment(WATCHLIST, str(world.clip), _in(minutes=5), resumable=True)
+        assert not f.resumable  # a file is a rehearsal: it is not played again
+    with world.team.open("auditor") as ft:
+        ended = ft.deployment(f.id)
+        assert ended.status == "interrupted" and "stopped" in (ended.error or "")
+
+
+def test_memory_stays_flat_when_frames_come_faster_than_they_are_analysed(
+    world: World,
+) -> None:
+    """A minute of stream at 8x real time (about 240 frames/s): most frames are dropped and
+    counted, and the process's memory does not grow with the frames received."""
+    url, server = streams.serve(world.clip, pace=8, loops=6)
+    rss: list[int] = []
+    running = threading.Event()
+    running.set()
+
+    def sample() -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while running.is_set():
+            with open("/proc/self/statm") as f:
+                rss.append(int(f.read().split()[1]) * page)
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        info = world.operator.start_deployment(
+            WATCHLIST, url, _in(minutes=2), wait=True, backoff=0.1, reconnect_attempts=0
+        )
+    finally:
+        running.clear()
+        sampler.join()
+        server.kill()
+        server.wait()
+    assert info.frames_received > 1500, info
+    assert info.frames_dropped > info.frames_received / 2
+    assert info.frames_analysed + info.frames_dropped == info.frames_received
+    third = len(rss) // 3
+    growth = max(rss[2 * third :]) - max(rss[third : 2 * third])
+    assert growth < 30 * 2**20, f"memory grew by {growth / 2**20:.0f} MiB"
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 def test_the_hand_off_keeps_only_the_newest_frames() -> None:
@@ -286,44 +400,14 @@ def test_the_cli(world: World) -> None:
     assert "Traceback" not in refused.stderr
 
 
-# Serves a clip once as MPEG-TS to the first client of tcp://127.0.0.1:PORT, at PACE times
-# real time. In its own process: PyAV holds the GIL while it waits for the client.
-SERVER = """
-import sys, time
-import av
-clip, port, pace = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-with av.open(clip) as src:
-    stream = src.streams.video[0]
-    url = f"tcp://127.0.0.1:{port}?listen=1&listen_timeout=20000"
-    with av.open(url, "w", format="mpegts") as dst:
-        out = dst.add_stream_from_template(stream)
-        started = time.monotonic()
-        for packet in src.demux(stream):
-            if packet.dts is None:
-                continue
-            due = float(packet.pts * stream.time_base) / pace if packet.pts else 0.0
-            time.sleep(max(0.0, started + due - time.monotonic()))
-            packet.stream = out
-            try:
-                dst.mux(packet)
-            except OSError:
-                break
-"""
-
-
 def test_a_network_stream_on_loopback(world: World) -> None:
     """The clip served as MPEG-TS over TCP: alerts arrive; when the server goes away the
     source is reopened with backoff a bounded number of times, then given up."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(world.clip), str(port), "3"])
+    url, server = streams.serve(world.clip, pace=3)
     blobs = _blob_files(world.team.data)
     info = world.operator.start_deployment(
         WATCHLIST,
-        f"tcp://127.0.0.1:{port}",
+        url,
         _in(minutes=1),
         wait=True,
         reconnect_attempts=3,

@@ -282,8 +282,10 @@ class LiveRunner:
                     break
                 frame = self._slot.take(timeout=0.1)
                 if frame is None:
-                    if self._slot.closed:
+                    if self._slot.closed:  # the reader ended (or saw the stop first)
                         outcome = self._reader_outcome
+                        if self._stop.is_set():
+                            outcome = "shutdown" if self._shutdown else "stopped"
                         break
                 else:
                     self._analyse(frame, tracker, alerted)

@@ -21,7 +21,7 @@ from facetrail import __version__
 from facetrail.config import Settings
 from facetrail.errors import FacetrailError
 from facetrail.service.app import Facetrail
-from facetrail.web import api, pages, problems
+from facetrail.web import api, api_live, pages, pages_live, problems
 from facetrail.web.auth import LoginLimiter, load_secret
 from facetrail.web.jobs import JobManager
 
@@ -33,6 +33,8 @@ def create_app(settings: Settings | None = None, *, jobs: int = 1) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Deployments this service was running when it stopped carry on.
+        app.state.ft.resume_deployments()
         yield
         app.state.jobs.shutdown()
         app.state.ft.close()
@@ -55,6 +57,8 @@ def create_app(settings: Settings | None = None, *, jobs: int = 1) -> FastAPI:
     app.add_exception_handler(RequestValidationError, problems.validation_error)
     app.add_exception_handler(StarletteHTTPException, problems.http_error)
     app.include_router(api.router, prefix="/api/v1")
+    app.include_router(api_live.router, prefix="/api/v1")
+    app.include_router(pages_live.router)
     app.include_router(pages.router)
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

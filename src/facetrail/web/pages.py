@@ -136,6 +136,7 @@ NAVIGATION = (
     NavItem("Jobs", "/jobs", Op.SEARCH),
     NavItem("Subjects", "/subjects", Op.GALLERY_READ),
     NavItem("Watchlists", "/watchlists", Op.WATCHLIST_READ),
+    NavItem("Live", "/live", Op.LIVE_READ),
     NavItem("Audit", "/audit", Op.AUDIT),
     NavItem("Retention", "/retention", Op.RETENTION_REPORT),
     NavItem("Users", "/users", Op.USERS),

@@ -33,6 +33,13 @@ function enhanceUpload(zone) {
   });
 }
 
+// Seconds as m:ss.s, as the server writes them.
+function clock(s) {
+  if (s === null || s === undefined) return "?";
+  const m = Math.floor(s / 60);
+  return `${m}:${(s - m * 60).toFixed(1).padStart(4, "0")}`;
+}
+
 // A job page follows its job: progress from a small JSON endpoint, then the results.
 function followJob(section) {
   const url = section.dataset.job;
@@ -41,11 +48,6 @@ function followJob(section) {
   const bar = section.querySelector("[data-job-bar]");
   const files = section.querySelector("[data-job-files]");
   const videos = section.querySelector("[data-job-videos]");
-  const clock = (s) => {
-    if (s === null || s === undefined) return "?";
-    const m = Math.floor(s / 60);
-    return `${m}:${(s - m * 60).toFixed(1).padStart(4, "0")}`;
-  };
   const tick = async () => {
     let job;
     try {
@@ -77,7 +79,63 @@ function followJob(section) {
   window.setTimeout(tick, 300);
 }
 
+// As the server writes them (web/pages.py): an estimated false match rate, a UTC time.
+function formatFmr(value) {
+  if (value === null || value === undefined) return "not calibrated";
+  if (value === 0) return "< 1e-7";
+  if (value >= 0.01) return value.toFixed(3);
+  const [mantissa, exponent] = value.toExponential(1).split("e");
+  const power = Math.abs(Number(exponent)).toString().padStart(2, "0");
+  return `${mantissa}e${Number(exponent) < 0 ? "-" : "+"}${power}`;
+}
+
+function formatWhen(iso) {
+  return `${iso.slice(0, 16).replace("T", " ")} UTC`;
+}
+
+// The operator's page: new alerts arrive as server-sent events and are put at the top, built
+// from the page's own template (text only, never HTML from the stream); counters follow.
+function followLive(section) {
+  if (typeof EventSource === "undefined") return;
+  const list = document.querySelector("[data-alerts]");
+  const template = document.getElementById("alert-template");
+  const status = document.querySelector("[data-live-status]");
+  const source = new EventSource(section.dataset.liveEvents);
+  source.addEventListener("alert", (event) => {
+    const a = JSON.parse(event.data);
+    if (document.getElementById(`alert-${a.id}`)) return;
+    const node = template.content.firstElementChild.cloneNode(true);
+    node.id = `alert-${a.id}`;
+    const put = (name, text) => {
+      const el = node.querySelector(`[data-a=${name}]`);
+      if (el) el.textContent = text;
+    };
+    put("subject", a.subject);
+    put("score", a.score.toFixed(3));
+    put("fmr", formatFmr(a.fmr));
+    put("at", formatWhen(a.at));
+    put("time", clock(a.time));
+    const image = node.querySelector("[data-a=image]");
+    if (a.best_shot_sha256) image.src = a.best_shot; else image.remove();
+    const form = node.querySelector("[data-a=form]");
+    if (form) form.action = `/alerts/${a.id}/review`;
+    list.prepend(node);
+    document.querySelector("[data-no-alerts]")?.remove();
+    status.hidden = false;
+    status.textContent = `New alert: ${a.subject}, score ${a.score.toFixed(3)}`;
+  });
+  source.addEventListener("deployment", (event) => {
+    const d = JSON.parse(event.data);
+    Object.entries(d).forEach(([name, value]) => {
+      const el = section.querySelector(`[data-field=${name}]`);
+      if (el) el.textContent = value;
+    });
+    if (["stopped", "ended", "interrupted"].includes(d.status)) source.close();
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-dropzone]").forEach(enhanceUpload);
   document.querySelectorAll("[data-job]").forEach(followJob);
+  document.querySelectorAll("[data-live-events]").forEach(followLive);
 });
