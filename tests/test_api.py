@@ -34,9 +34,8 @@ PROBLEM = "application/problem+json"
 WATCHLIST = "wl-base"  # authorised, members obama and biden
 ERASABLE = "alex_lacamoire"  # erased by the administrator's allowed erase
 KEPT = "biden"  # what refused erasures and renewals aim at
-# LFW evaluation reads a data set on the server: CLI only. Live deployments (issue 6) have
-# their service and CLI; their HTTP routes and page are still to come.
-CLI_ONLY = {"evaluate", "live.deploy", "live.read", "alert.review"}
+# LFW evaluation reads a data set on the server: CLI only.
+CLI_ONLY = {"evaluate"}
 
 
 def files(*paths: Path, field: str = "files") -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -470,6 +469,32 @@ def _storage(a: Api, role: str) -> list[Req]:
     return [Req("POST", "/storage/encryption", allowed=400)]
 
 
+def _live_deploy(a: Api, role: str) -> list[Req]:
+    # A file on the server is refused over HTTP once the role allows deploying; no such
+    # deployment to stop once the role allows stopping (tests/test_live_web.py runs streams).
+    start = {"watchlist": WATCHLIST, "source": "/etc/hosts", "until": days(1)}
+    return [
+        Req("POST", "/live/deployments", {"json": start}, allowed=400),
+        Req("POST", "/live/deployments/999999/stop", {"json": {}}, allowed=404),
+    ]
+
+
+def _live_read(a: Api, role: str) -> list[Req]:
+    return [
+        Req("GET", "/live/deployments"),
+        Req("GET", "/live/report"),
+        Req("GET", "/live/deployments/999999", allowed=404),
+        Req("GET", "/live/deployments/999999/alerts", allowed=404),
+        Req("GET", "/live/alerts/999999/best-shot.png", allowed=404),
+        Req("GET", "/live/events", {"params": {"deployment": 999999}}, allowed=404),
+    ]
+
+
+def _alert_review(a: Api, role: str) -> list[Req]:
+    review = {"outcome": "false", "note": "tests"}
+    return [Req("POST", "/live/alerts/999999/review", {"json": review}, allowed=404)]
+
+
 ROUTES: dict[str, Callable[[Api, str], list[Req]]] = {
     "users.manage": _users,
     "policy.read": _policy_read,
@@ -493,6 +518,9 @@ ROUTES: dict[str, Callable[[Api, str], list[Req]]] = {
     "retention.run": _retention_run,
     "retention.report": _retention_report,
     "storage.manage": _storage,
+    "live.deploy": _live_deploy,
+    "live.read": _live_read,
+    "alert.review": _alert_review,
 }
 
 

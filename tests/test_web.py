@@ -13,6 +13,7 @@ The run saves screenshots of the main pages to docs/screenshots/ (shown in the R
 from __future__ import annotations
 
 import base64
+import re
 import socket
 import threading
 import time
@@ -282,6 +283,49 @@ def test_an_operator_is_refused_an_authorisers_page(site: Site, context: Any) ->
     assert page.get_by_role("heading", level=1).inner_text() == "Not allowed"
     assert "may not search.approve" in page.get_by_role("alert").inner_text()
     shot(page, "forbidden")
+
+
+def test_an_operator_sees_alerts_arrive_and_reviews_one(site: Site, context: Any) -> None:
+    """A deployment started from the page on a loopback stream: the alert appears on the
+    operator's page as it happens (server-sent events, no reload), and is reviewed there."""
+    from datetime import UTC, datetime, timedelta
+
+    import streams
+
+    with site.team.open("investigator") as ft:
+        ft.create_watchlist(
+            "wl-web-live", purpose="tests", expires_at=datetime.now(UTC) + timedelta(days=1)
+        )
+        ft.add_to_watchlist("wl-web-live", ["lin-manuel-miranda"], reason="tests")
+    with site.team.open("authoriser") as ft:
+        ft.authorise_watchlist("wl-web-live", reason="tests")
+    url, server = streams.serve(site.shared / FR / "short_hamilton_clip.mp4", pace=1, loops=3)
+    try:
+        page = context.new_page()
+        log_in(page, site, "operator")
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="Live").click()
+        page.get_by_label("Watchlist (authorised)").select_option("wl-web-live")
+        page.get_by_label("Camera or stream").fill(url)
+        page.get_by_label("Run for").fill("0.5")
+        page.get_by_role("button", name="Start").click()
+        page.wait_for_url("**/live/*?done=started")
+        assert page.locator("ol.alerts > li").count() == 0
+        page.locator("ol.alerts > li").first.wait_for(timeout=60_000)  # pushed, not reloaded
+        assert "New alert: lin-manuel-miranda" in page.locator("[data-live-status]").inner_text()
+        card = page.locator("ol.alerts > li").first
+        assert card.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+        shot(page, "live-alert")
+        card.get_by_label("confirmed").check()
+        card.get_by_label("Action taken").fill("stopped and spoken to")
+        card.get_by_role("button", name="Record").click()
+        page.wait_for_url(re.compile(r"done=reviewed#alert-"))
+        assert "Marked confirmed by operator" in page.locator("ol.alerts > li").first.inner_text()
+        page.get_by_role("button", name="Stop the deployment").click()
+        page.wait_for_url(re.compile(r"done=stopped"))
+        assert page.locator("[data-field=status]").inner_text() == "stopped"
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_an_admin_manages_users_and_roles(site: Site, context: Any) -> None:

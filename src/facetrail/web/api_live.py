@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from facetrail.errors import InvalidInputError
 from facetrail.service import live
+from facetrail.service.access import Op
 from facetrail.service.app import Facetrail
 from facetrail.web import events
 from facetrail.web.api import NO_STORE, Moment, Note, Page, Pages, paged, plain
@@ -30,6 +31,7 @@ def start(
     ft: Facetrail, watchlist: str, source: str, until: datetime, threshold: float | None
 ) -> live.DeploymentInfo:
     """Start a resumable deployment from a network or camera source (HTTP and pages)."""
+    ft.require(Op.LIVE_DEPLOY)  # the role first: a refused caller learns nothing of files
     if live.source_kind(source.strip()) == "file":
         raise InvalidInputError(
             "a deployment started over HTTP watches a stream URL or a camera device; "

@@ -120,6 +120,8 @@ function followLive(section) {
     const form = node.querySelector("[data-a=form]");
     if (form) form.action = `/alerts/${a.id}/review`;
     list.prepend(node);
+    const count = section.querySelector("[data-field=alerts]");
+    if (count) count.textContent = Number(count.textContent) + 1;
     document.querySelector("[data-no-alerts]")?.remove();
     status.hidden = false;
     status.textContent = `New alert: ${a.subject}, score ${a.score.toFixed(3)}`;
