@@ -437,9 +437,13 @@ class LiveDesk:
         """A deployment's alerts still kept (retention deletes them); viewing is audited."""
         return self.alerts_since(0, deployment_id)
 
-    def alerts_since(self, after: int, deployment_id: int | None = None) -> list[live.AlertInfo]:
+    def alerts_since(
+        self, after: int, deployment_id: int | None = None, *, audit: bool = True
+    ) -> list[live.AlertInfo]:
         """The alerts kept with an id above `after`, of one deployment or of all: what an
-        operator's live page has not shown yet. Viewing is audited (when there is any)."""
+        operator's live page has not shown yet. Viewing is audited (when there is any);
+        `audit=False` is for a caller that shows them first and then calls
+        `alerts_shown` (the live stream, where every millisecond counts)."""
         caller = self._need(Op.LIVE_READ)
         query = select(Alert).where(Alert.id > after).order_by(Alert.id)
         if deployment_id is not None:
@@ -448,10 +452,17 @@ class LiveDesk:
             if deployment_id is not None:
                 self._get_deployment(s, deployment_id)
             infos = [live.alert_info(s, a) for a in s.scalars(query)]
-        if infos:
-            with self._write() as s:
-                self._audit(s, caller, "alert.view", "alert", [a.id for a in infos])
+        if infos and audit:
+            self._audit_views(caller, [a.id for a in infos])
         return infos
+
+    def alerts_shown(self, alert_ids: list[int]) -> None:
+        """Audit that these alerts (read with `alerts_since(audit=False)`) were shown."""
+        self._audit_views(self._need(Op.LIVE_READ), alert_ids)
+
+    def _audit_views(self, caller: Caller, alert_ids: list[int]) -> None:
+        with self._write() as s:
+            self._audit(s, caller, "alert.view", "alert", alert_ids)
 
     def alert_best_shot(self, alert_id: int) -> bytes:
         """An alert's best shot (PNG), for the operator to look at."""

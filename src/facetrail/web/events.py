@@ -24,6 +24,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 from fastapi import Request
@@ -74,7 +75,7 @@ def stream(
             while True:
                 arrivals = {e.data["alert"]: e.data for e in pending if e.kind == "alert"}
                 alerts: list[AlertInfo] = await run_in_threadpool(
-                    ft.alerts_since, after, deployment
+                    partial(ft.alerts_since, after, deployment, audit=False)
                 )
                 for alert in alerts:
                     body = asdict(alert) | {"best_shot": best_shot_url(alert.id)}
@@ -83,6 +84,8 @@ def stream(
                         body |= {"frame": seen["frame"], "frame_arrived": seen["arrived"]}
                     yield _message("alert", body, alert.id)
                     after = max(after, alert.id)
+                if alerts:  # sent first, then recorded as viewed
+                    await run_in_threadpool(ft.alerts_shown, [a.id for a in alerts])
                 for e in pending:
                     if e.kind != "alert":
                         yield _message(e.kind, {"deployment": e.deployment, **e.data})
