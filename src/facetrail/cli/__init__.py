@@ -13,6 +13,7 @@ import typer
 from facetrail.cli import accounts, admin, cases, gallery
 from facetrail.cli.common import STATE
 from facetrail.cli.live import live_app
+from facetrail.cli.reports import report_app
 
 app = typer.Typer(
     help="facetrail: accountable facial recognition (enrol, search, review, audit).",
@@ -49,6 +50,7 @@ app.add_typer(admin.retention_app, name="retention")
 app.add_typer(admin.key_app, name="key")
 app.add_typer(gallery.eval_app, name="eval")
 app.add_typer(live_app, name="live")
+app.add_typer(report_app, name="report")
 
 
 def main() -> None:

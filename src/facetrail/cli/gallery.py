@@ -390,6 +390,147 @@ def eval_lfw(
         out.print(f"calibration saved for {report.model}")
 
 
+EvalOutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        help="Folder for the JSON results, the charts and the descriptor cache "
+        "(shared by eval identify and eval bias: each describes only images not yet cached).",
+    ),
+]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", min=1, help="Only the first N people, in name order.")
+]
+
+
+def _rate(value: float | None) -> str:
+    # Three significant digits: an FMR of 0.000255 must not print as 0.0003.
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+@eval_app.command("identify")
+def eval_identify(
+    folder: Annotated[Path, typer.Argument(help="Folder of <person>/<image> (LFW layout).")],
+    out_dir: EvalOutOpt = Path("eval-results"),
+    limit: LimitOpt = None,
+    data: DataOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Open-set 1:N identification: gallery = one image of each person with two or more,
+    mated probes = their other images, non-mated probes = people with one image."""
+    with session(data, as_json) as ft, progress_bar("describing") as (total, advance):
+        report = ft.eval_identify(folder, out_dir, limit=limit, progress=advance, on_total=total)
+    if as_json:
+        return emit_json(report)
+    out.print(
+        f"{report.people} people, {report.images} images: {report.gallery} enrolled, "
+        f"{report.mated_probes} mated and {report.non_mated_probes} non-mated probes"
+    )
+    table = Table("target FPIR", "threshold", "FPIR", "FNIR", "")
+    for p in report.fnir_at_fpir:
+        table.add_row(
+            f"{p['target_fpir']:g}",
+            _score(p["threshold"]),
+            _rate(p["fpir"]),
+            _rate(p["fnir"]),
+            "" if p["measurable"] else "too few non-mated probes to measure",
+        )
+    out.print(table)
+    out.print(
+        "hit rate: " + ", ".join(f"rank {k}: {_rate(v)}" for k, v in report.rank_hits.items())
+    )
+    out.print(f"results and charts written to {out_dir}")
+
+
+@eval_app.command("bias")
+def eval_bias(
+    folder: Annotated[Path, typer.Argument(help="Folder of <person>/<image> (LFW layout).")],
+    labels: Annotated[
+        Path,
+        typer.Option(
+            "--labels",
+            help="CSV with a header and rows 'image-or-person,group' (image relative to "
+            "FOLDER, or a person's folder name).",
+        ),
+    ],
+    out_dir: EvalOutOpt = Path("eval-results"),
+    target_fmr: Annotated[
+        float | None,
+        typer.Option(
+            "--target-fmr",
+            help="Find the threshold at which every group's FMR is at most this "
+            "(default: the configured target FMR).",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Operating threshold (default: the one searches use)."),
+    ] = None,
+    limit: LimitOpt = None,
+    data: DataOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """False match and non-match rates per group at the operating threshold, with 95%
+    bootstrap intervals (over people), and the threshold every group's FMR meets a target at."""
+    with session(data, as_json) as ft, progress_bar("describing") as (total, advance):
+        report = ft.eval_bias(
+            folder,
+            labels,
+            out_dir,
+            target_fmr=target_fmr,
+            threshold=threshold,
+            limit=limit,
+            progress=advance,
+            on_total=total,
+        )
+    if as_json:
+        return emit_json(report)
+    out.print(f"threshold {report.threshold:.4f} ({report.threshold_source})")
+
+    def ci(bounds: list[float] | None) -> str:
+        return "" if bounds is None else f" [{_rate(bounds[0])}, {_rate(bounds[1])}]"
+
+    table = Table(
+        report.attribute, "people", "genuine", "impostor", "FMR (95% CI)", "FNMR (95% CI)"
+    )
+    for g in report.groups:
+        table.add_row(
+            g["group"],
+            str(g["people"]),
+            str(g["genuine_pairs"]),
+            str(g["impostor_pairs"]),
+            _rate(g["fmr"]) + ci(g["fmr_ci"]),
+            _rate(g["fnmr"]) + ci(g["fnmr_ci"]),
+        )
+    out.print(table)
+    for g in report.groups:
+        for note in g["notes"]:
+            out.print(f"  {g['group']}: {note}")
+    for d in (report.fmr_ratio, report.fnmr_ratio):
+        name = d["rate"].upper()
+        if d["ratio"] is not None:
+            out.print(
+                f"{name} worst/best: {d['ratio']:.2f} ({d['worst_group']} {_rate(d['worst'])}, "
+                f"{d['best_group']} {_rate(d['best'])})"
+            )
+        else:
+            out.print(f"{name} worst/best: n/a ({d['note']})")
+    t = report.target
+    if t["threshold"] is not None:
+        rates = ", ".join(
+            f"{k} FMR {_rate(t['fmr'][k])} FNMR {_rate(t['fnmr'][k])}" for k in t["fmr"]
+        )
+        out.print(
+            f"every group's FMR <= {t['target_fmr']:g} from threshold {t['threshold']:.4f} "
+            f"(set by {t['limiting_group']}): {rates}"
+        )
+    out.print(f"results and chart written to {out_dir}")
+
+
 @app.command()
 def demo(data: DataOpt = None, as_json: JsonOpt = False) -> None:
     """Run the main job end to end on data shipped with the installed packages."""

@@ -1162,6 +1162,63 @@ class Facetrail(LiveDesk):
                 self._audit(s, caller, "calibrate", "model", [calibration.model], file=path.name)
         return report
 
+    def eval_identify(
+        self,
+        root: str | Path,
+        out: str | Path,
+        *,
+        limit: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
+    ) -> Any:
+        """Open-set 1:N evaluation of a folder of identities; results and charts in `out`."""
+        self._need(Op.EVALUATE)
+        from facetrail.evaluation.runs import run_identify  # matplotlib: only when asked
+
+        return run_identify(
+            Path(root), self.analyzer, Path(out), limit=limit, progress=progress, on_total=on_total
+        )
+
+    def eval_bias(
+        self,
+        root: str | Path,
+        labels: str | Path,
+        out: str | Path,
+        *,
+        target_fmr: float | None = None,
+        threshold: float | None = None,
+        limit: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
+    ) -> Any:
+        """Error rates per demographic group at the operating threshold (the search's own,
+        unless `threshold` is given); `target_fmr` (default: the configured one) sets the
+        threshold every group must meet."""
+        self._need(Op.EVALUATE)
+        from facetrail.evaluation.runs import run_bias
+
+        scoring = self.scoring(threshold)
+        source = (
+            f"calibrated for target FMR {scoring.target_fmr:g}"
+            if scoring.target_fmr is not None
+            else ("--threshold" if threshold is not None else "configured threshold")
+        )
+        target = target_fmr if target_fmr is not None else self.settings.target_fmr
+        if not 0 < target < 1:
+            raise InvalidInputError(f"target FMR {target} is not between 0 and 1")
+        return run_bias(
+            Path(root),
+            Path(labels),
+            self.analyzer,
+            Path(out),
+            threshold=scoring.threshold,
+            threshold_source=source,
+            target_fmr=target,
+            limit=limit,
+            progress=progress,
+            on_total=on_total,
+        )
+
     def save_calibration(self, calibration: Calibration) -> Path:
         path = self.calibration_dir / calibration_file(calibration.model)
         calibration.save(path)

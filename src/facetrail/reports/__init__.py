@@ -1,0 +1,1 @@
+"""Self-contained HTML reports made from evaluation results (JSON in, one HTML file out)."""
