@@ -1,6 +1,7 @@
-"""Issue 3, accountability, through the Python API on a real SQLite store with the real
-models: accounts, cases, approvals, watchlists, review, policy, what the audit trail may
-and may not hold, and audit trails that began before roles and cases existed.
+"""Issue 3, accountability, through the Python API on a real store (SQLite, then PostgreSQL
+where a server can be had) with the real models: accounts, cases, approvals, watchlists,
+review, policy, what the audit trail may and may not hold, and audit trails that began
+before roles and cases existed.
 
 One data directory (a team without approvals, the knn example gallery enrolled once) is
 shared by the module; each test works in cases, watchlists and users of its own names.
@@ -9,6 +10,7 @@ shared by the module; each test works in cases, watchlists and users of its own 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,10 +26,10 @@ import pytest
 from alembic import command
 from argon2 import PasswordHasher
 from PIL import Image as PILImage
-from sqlalchemy import create_engine, text, update
+from sqlalchemy import create_engine, inspect, text, update
 
 import facetrail
-from conftest import CASE, PASSWORD, Team, make_team
+from conftest import CASE, PASSWORD, Team, make_team, postgres_database
 from facetrail.errors import (
     AuthenticationError,
     FacetrailError,
@@ -42,6 +44,7 @@ from facetrail.service.tables import ApiToken, Approval, Watchlist
 from facetrail.store import AuditRecord, Store
 from facetrail.store.models import utcnow
 from facetrail.store.store import alembic_config
+from facetrail.store.store import database_url as database_url_of
 
 FR = "examples/face_recognition"
 GALLERY = ("alex_lacamoire", "biden", "kit_harington", "obama", "rose_leslie")
@@ -81,25 +84,44 @@ class World:
     def events(self) -> list[dict]:
         return self.store.export_audit()
 
+    @property
+    def sqlite(self) -> bool:
+        return self.team.database_url is None
+
+    def open(self, token: str) -> facetrail.Facetrail:
+        """A handle of its own (own store and models) on the world's data and database."""
+        return facetrail.open(self.team.data, token=token, **self.team.options())
+
     def add_user(self, name: str, role: str) -> facetrail.Facetrail:
         self.ft.add_user(name, role, PASSWORD)
         self.tokens[name] = self.anonymous().login(name, PASSWORD).token
         return self.as_(name)
 
     def db_bytes(self) -> bytes:
-        """Everything SQLite has written: the database file and its write-ahead log."""
-        return b"".join(p.read_bytes() for p in sorted(self.team.data.glob("facetrail.db*")))
+        """Everything SQLite has written: the database file and its write-ahead log (on
+        PostgreSQL, whose files are the server's: every row of the tables that hold
+        credentials, as text)."""
+        if self.team.database_url is None:
+            return b"".join(p.read_bytes() for p in sorted(self.team.data.glob("facetrail.db*")))
+        rows = self.rows("SELECT * FROM users") + self.rows("SELECT * FROM api_tokens")
+        return repr(rows).encode()
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    team = make_team(tmp_path_factory.mktemp("accountability") / "data", approvals=False)
-    ft = facetrail.open(team.data, token=team.tokens["admin"])
-    w = World(team, ft, dict(team.tokens))
-    w.add_user("authoriser2", "authoriser")
-    w.add_user("investigator2", "investigator")
-    yield w
-    ft.close()
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    with contextlib.ExitStack() as stack:
+        url = None
+        if request.param == "postgresql":
+            url = stack.enter_context(postgres_database(request.getfixturevalue("postgres_server")))
+        data = tmp_path_factory.mktemp("accountability") / "data"
+        team = make_team(data, approvals=False, database_url=url)
+        ft = stack.enter_context(team.open("admin"))
+        w = World(team, ft, dict(team.tokens))
+        w.add_user("authoriser2", "authoriser")
+        w.add_user("investigator2", "investigator")
+        yield w
 
 
 @dataclass(frozen=True)
@@ -217,7 +239,7 @@ def test_expired_token_is_refused(world: World) -> None:
     with pytest.raises(AuthenticationError, match="expired"):
         world.anonymous().use_token(issued.token)
     with pytest.raises(AuthenticationError, match="expired"):
-        facetrail.open(world.team.data, token=issued.token)
+        world.open(issued.token)
 
 
 def test_revoked_token_is_refused(world: World) -> None:
@@ -389,9 +411,8 @@ def test_gallery_search_needs_someone_elses_current_approval(world: World, probe
     approval = _approve(world, "A-GALLERY", "gallery")
     report = investigator.search([probes.obama1], case="A-GALLERY")
     assert report.scope == "gallery" and _subjects(report) == ["obama"]
-    assert world.scalar(
-        "SELECT approval_ids FROM searches WHERE id = :i", i=report.search_id
-    ) == json.dumps([approval])
+    stored = world.scalar("SELECT approval_ids FROM searches WHERE id = :i", i=report.search_id)
+    assert stored == (json.dumps([approval]) if world.sqlite else [approval])  # JSON, as text
     event = world.events()[-1]
     assert event["action"] == "search" and event["details"]["approvals"] == [approval]
 
@@ -594,11 +615,22 @@ def test_decisions_are_appended_never_edited(world: World, probes: Probes) -> No
     investigator = world.as_("investigator")
     # Any UPDATE or DELETE of a decision now fails loudly.
     with world.store.engine.begin() as conn:
-        for verb in ("UPDATE", "DELETE"):
+        if not world.sqlite:
             conn.execute(
                 text(
-                    f"CREATE TRIGGER decisions_no_{verb.lower()} BEFORE {verb} ON decisions "
-                    "BEGIN SELECT RAISE(ABORT, 'decisions are never changed'); END"
+                    "CREATE FUNCTION decisions_never_change() RETURNS trigger LANGUAGE plpgsql "
+                    "AS $$ BEGIN RAISE EXCEPTION 'decisions are never changed'; END $$"
+                )
+            )
+        for verb in ("UPDATE", "DELETE"):
+            body = (
+                "BEGIN SELECT RAISE(ABORT, 'decisions are never changed'); END"
+                if world.sqlite
+                else "FOR EACH ROW EXECUTE FUNCTION decisions_never_change()"
+            )
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER decisions_no_{verb.lower()} BEFORE {verb} ON decisions {body}"
                 )
             )
     try:
@@ -621,9 +653,12 @@ def test_decisions_are_appended_never_edited(world: World, probes: Probes) -> No
         with pytest.raises(PermissionDeniedError):
             world.as_("auditor").decide(candidate, "match", note="auditors do not decide")
     finally:
+        on = "" if world.sqlite else " ON decisions"
         with world.store.engine.begin() as conn:
-            conn.execute(text("DROP TRIGGER decisions_no_update"))
-            conn.execute(text("DROP TRIGGER decisions_no_delete"))
+            conn.execute(text(f"DROP TRIGGER decisions_no_update{on}"))
+            conn.execute(text(f"DROP TRIGGER decisions_no_delete{on}"))
+            if not world.sqlite:
+                conn.execute(text("DROP FUNCTION decisions_never_change()"))
     events = [e for e in world.events() if e["action"] == "review.decide"]
     assert [e["details"]["verdict"] for e in events[-3:]] == ["match", "no-match", "inconclusive"]
     assert events[-2]["details"]["supersedes"] == d1.id
@@ -818,11 +853,11 @@ def _old_digest(prev: str, seq: int, at: datetime, event: dict) -> str:
 
 
 def test_a_trail_begun_before_roles_and_cases_verifies_and_stays_sealed(
-    tmp_path: Path,
+    tmp_path: Path, database_url: str | None
 ) -> None:
     data = tmp_path / "legacy"
     data.mkdir()
-    engine = create_engine(f"sqlite:///{data / 'facetrail.db'}")
+    engine = create_engine(database_url_of(database_url or f"sqlite:///{data / 'facetrail.db'}"))
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), "0002")
         prev = "0" * 64
@@ -846,7 +881,7 @@ def test_a_trail_begun_before_roles_and_cases_verifies_and_stays_sealed(
                 {
                     **event,
                     "seq": seq,
-                    "at": at.strftime("%Y-%m-%d %H:%M:%S.%f"),
+                    "at": at.strftime("%Y-%m-%d %H:%M:%S.%f") if database_url is None else at,
                     "object_ids": json.dumps(event["object_ids"]),
                     "details": json.dumps(event["details"]),
                     "prev": prev,
@@ -855,11 +890,11 @@ def test_a_trail_begun_before_roles_and_cases_verifies_and_stays_sealed(
             )
             prev = digest
         conn.execute(text("INSERT INTO store_state (key, value) VALUES ('audit_head', 3)"))
-        columns = {r[1] for r in conn.exec_driver_sql("PRAGMA table_info(audit_events)")}
+        columns = {c["name"] for c in inspect(conn).get_columns("audit_events")}
         assert "role" not in columns and "case_ref" not in columns
     engine.dispose()
 
-    with Store.open(data) as store:  # migrates to the newest schema
+    with Store.open(data, database_url) as store:  # migrates to the newest schema
         report = store.verify_audit()
         assert report.ok and report.events == 3, report
         with_both = AuditRecord("investigator", "search", "search", [1], None, {}, "investigator")

@@ -1,16 +1,19 @@
-"""The audit trail: every action appends a chained event in the same transaction, and any
-direct change to the rows is found by `verify`."""
+"""The audit trail: every action appends a chained event in the same transaction, any
+direct change to the rows is found by `verify`, and processes writing at once (on SQLite and
+on a shared PostgreSQL database) still make one unbroken chain."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import text
 
@@ -26,8 +29,8 @@ def _events(store: Store, n: int) -> None:
 
 
 @pytest.fixture()
-def store(tmp_path: Path):
-    with Store.open(tmp_path / "data") as handle:
+def store(tmp_path: Path, database_url: str | None):
+    with Store.open(tmp_path / "data", database_url) as handle:
         _events(handle, 5)
         yield handle
 
@@ -79,8 +82,8 @@ def test_inserted_event_is_detected(store: Store) -> None:
     assert not report.ok and report.first_broken == 6
 
 
-def test_action_and_event_commit_together(tmp_path: Path) -> None:
-    with Store.open(tmp_path / "data") as store:
+def test_action_and_event_commit_together(tmp_path: Path, database_url: str | None) -> None:
+    with Store.open(tmp_path / "data", database_url) as store:
         with pytest.raises(RuntimeError), store.session() as session:
             store.audit(AuditRecord("local:test", "erase", "subject", [1]), session=session)
             raise RuntimeError("crash between the action and the commit")
@@ -114,9 +117,9 @@ def test_service_actions_are_audited(team: Team, shared_data: Path) -> None:
     assert max(len(json.dumps(e)) for e in events) < 2000
 
 
-def test_cli_verify_names_the_broken_link(tmp_path: Path) -> None:
-    team = make_team(tmp_path / "data", approvals=False)
-    with Store.open(team.data) as store:
+def test_cli_verify_names_the_broken_link(tmp_path: Path, database_url: str | None) -> None:
+    team = make_team(tmp_path / "data", approvals=False, database_url=database_url)
+    with Store.open(team.data, database_url) as store:
         _events(store, 3)
         _sql(store, "UPDATE audit_events SET reason = 'edited' WHERE seq = 2")
     env = {**os.environ, **team.env("auditor")}
@@ -138,3 +141,83 @@ def test_cli_verify_names_the_broken_link(tmp_path: Path) -> None:
     )
     seqs = [json.loads(line)["seq"] for line in exported.stdout.splitlines()]
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 3
+
+
+# --------------------------------------------------------------------------- many writers
+
+WORKERS = 4
+ROUNDS = 12
+
+
+def _writer(data: str, url: str | None, token: str, worker: int, barrier) -> None:  # type: ignore[no-untyped-def]
+    """Runs in a spawned process: through the service, open cases (each audited in its own
+    transaction); through the store, enrol references with their events in the same one;
+    and append bare events, all at once with the other writers."""
+    import facetrail
+    from test_store import make_reference
+
+    rng = np.random.default_rng(worker)
+    extra = {"database_url": url} if url else {}
+    with facetrail.open(Path(data), token=token, **extra) as ft:
+        store = ft.store
+        barrier.wait(timeout=120)
+        for i in range(ROUNDS):
+            name = f"w{worker}-{i:02d}"
+            if i % 3 == 0:
+                ft.open_case(f"C-{name}", purpose="concurrency test", legal_basis="tests")
+            elif i % 3 == 1:
+                image, faces = make_reference(rng)
+                with store.session() as s:
+                    added = store.add_reference(
+                        subject=name, reference=None, image=image, faces=faces, model="m", session=s
+                    )
+                    record = AuditRecord(
+                        f"worker{worker}", "enrol", "subject", [added.subject_id], None, {"i": i}
+                    )
+                    store.audit(record, session=s)
+            else:
+                store.audit(AuditRecord(f"worker{worker}", "note", "round", [name], None, {"i": i}))
+
+
+def test_processes_writing_at_once_make_one_chain(tmp_path: Path, database_url: str | None) -> None:
+    """Several processes (service handles, as separate service processes would be) share one
+    database and data directory and write events at once: no event is lost, none is chained
+    twice onto the same predecessor, and the chain verifies."""
+    team = make_team(tmp_path / "data", approvals=False, database_url=database_url)
+    with Store.open(team.data, database_url) as store:
+        before = len(store.export_audit())
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(WORKERS)
+    procs = [
+        ctx.Process(
+            target=_writer,
+            args=(str(team.data), database_url, team.tokens["investigator"], w, barrier),
+        )
+        for w in range(WORKERS)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0] * WORKERS
+    with Store.open(team.data, database_url) as store:
+        report = store.verify_audit()
+        events = store.export_audit()[before:]
+        subjects = [s.name for s in store.subjects()]
+    assert report.ok, report
+    assert report.events == before + WORKERS * ROUNDS
+    assert [e["seq"] for e in events] == list(range(before + 1, report.events + 1))
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(events))
+    opened = sorted(e["case"] for e in events if e["action"] == "case.open")
+    per_round = {0: "case.open", 1: "enrol", 2: "note"}
+    want = sorted(f"C-w{w}-{i:02d}" for w in range(WORKERS) for i in range(ROUNDS) if i % 3 == 0)
+    assert opened == want
+    assert len(subjects) == sum(1 for i in range(ROUNDS) if i % 3 == 1) * WORKERS
+    for w in range(WORKERS):  # each writer's events in the order it wrote them
+        mine = [
+            e
+            for e in events
+            if e["actor"] in (f"worker{w}", "investigator")
+            and (e["actor"] != "investigator" or e["case"].startswith(f"C-w{w}-"))
+        ]
+        assert [e["action"] for e in mine] == [per_round[i % 3] for i in range(ROUNDS)]

@@ -24,7 +24,9 @@ from conftest import Team, make_team
 from facetrail.errors import InvalidInputError, MediaError, PermissionDeniedError, PolicyError
 from facetrail.service import live
 from facetrail.service.live import FrameSlot, strip_credentials
+from facetrail.service.retention import DueAlerts
 from facetrail.service.tables import Alert, Deployment, ProbeFace, ProbeMedia
+from facetrail.store.models import utcnow
 
 FR = "examples/face_recognition"
 CLIP = f"{FR}/short_hamilton_clip.mp4"
@@ -201,6 +203,11 @@ def test_alert_retention_deletes_alerts_and_their_files(world: World) -> None:
     assert shots and all((world.ft.store.blobs.path(sha)).exists() for sha in shots)
     run = world.ft.run_retention()
     assert run.alerts_purged == 0  # not due yet
+    assert not [d for d in world.ft.retention_report(0).due if isinstance(d, DueAlerts)]
+    groups = [d for d in world.ft.retention_report(1).due if isinstance(d, DueAlerts)]
+    (due,) = [d for d in groups if d.deployment == world.deployment.id]
+    assert due.alerts == world.deployment.alerts
+    assert utcnow() + timedelta(hours=23) < due.first_due_at <= due.last_due_at
     world.ft.set_policy("alert_retention_hours", 0, reason="tests")
     run = world.ft.run_retention()
     assert run.alerts_purged >= len(shots)

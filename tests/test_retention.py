@@ -1,14 +1,17 @@
 """Retention and erasure, checked on the disk and in the database afterwards, not only in what
 the API says: probe faces that matched nothing, probe media and results after their case
-closes, subjects at their review date, `facetrail erase`, and `facetrail retention`."""
+closes, subjects at their review date, `facetrail erase`, and `facetrail retention`. On
+SQLite, then on PostgreSQL where a server can be had."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import pytest
 from sqlalchemy import update
 
 import facetrail
-from conftest import CASE, Team, make_team, sql
+from conftest import CASE, POSTGRES_DATA, Team, make_team, postgres_database, sql
 from facetrail.service.retention import DueSearch, DueSubject
 from facetrail.service.tables import Case
 from facetrail.store.models import Subject, utcnow
@@ -36,22 +39,34 @@ BLOB_COLUMNS = (
 )
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Team:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def base(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, shared_data: Path
+) -> Iterator[Team]:
     """A team with three subjects enrolled, one reference image each."""
-    team = make_team(tmp_path_factory.mktemp("retention") / "data")
-    with team.open("admin") as ft:
-        for subject, image in GALLERY.items():
-            assert ft.enrol([shared_data / FR / image], subject=subject).enrolled == 1
-    return team
+    with contextlib.ExitStack() as stack:
+        url = None
+        if request.param == "postgresql":
+            url = stack.enter_context(postgres_database(request.getfixturevalue("postgres_server")))
+        team = make_team(tmp_path_factory.mktemp("retention") / "data", database_url=url)
+        with team.open("admin") as ft:
+            for subject, image in GALLERY.items():
+                assert ft.enrol([shared_data / FR / image], subject=subject).enrolled == 1
+        yield team
 
 
 @pytest.fixture()
-def team(base: Team, tmp_path: Path) -> Team:
-    """A private copy of the base data directory (same users and tokens)."""
+def team(base: Team, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Team]:
+    """A private copy of the base data directory and database (same users and tokens)."""
     data = tmp_path / "data"
     shutil.copytree(base.data, data)
-    return Team(data, base.tokens)
+    if base.database_url is None:
+        yield Team(data, base.tokens)
+        return
+    server = request.getfixturevalue("postgres_server")
+    with postgres_database(server, copy_of=base.database_url) as url:
+        POSTGRES_DATA[data] = url
+        yield Team(data, base.tokens, url)
 
 
 # --------------------------------------------------------------------------- looking
@@ -80,8 +95,17 @@ def assert_blobs_consistent(data: Path) -> None:
 
 
 def all_bytes(data: Path) -> bytes:
-    """Every file under the data directory: the database, its WAL, blobs, everything."""
-    return b"".join(p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file())
+    """Every file under the data directory: the database, its WAL, blobs, everything (with
+    PostgreSQL, whose files are the server's: blobs, and every stored template vector)."""
+    files = b"".join(p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file())
+    if data not in POSTGRES_DATA:
+        return files
+    return files + b"".join(bytes(v) for (v,) in sql(data, "SELECT vector FROM templates"))
+
+
+def parsed(value: object) -> object:
+    """A JSON column's value: SQLite gives its text, PostgreSQL the value."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def subject_rows(data: Path, sid: int) -> dict[str, int]:
@@ -125,7 +149,7 @@ def audit(data: Path, action: str) -> list[dict]:
     keys = ("actor", "object_type", "object_ids", "reason", "details", "case")
     events = [dict(zip(keys, r, strict=True)) for r in rows]
     for e in events:
-        e["object_ids"], e["details"] = json.loads(e["object_ids"]), json.loads(e["details"])
+        e["object_ids"], e["details"] = parsed(e["object_ids"]), parsed(e["details"])
     return events
 
 
@@ -236,9 +260,9 @@ def test_probe_media_and_results_go_after_the_case_closes(team: Team, shared_dat
             faces = f"SELECT id FROM probe_faces WHERE media_id IN ({media})"
             cands = f"SELECT id FROM candidates WHERE face_id IN ({faces})"
             return {
-                "media": one(team.data, f"SELECT count(*) FROM ({media})", search_id),
-                "faces": one(team.data, f"SELECT count(*) FROM ({faces})", search_id),
-                "candidates": one(team.data, f"SELECT count(*) FROM ({cands})", search_id),
+                "media": one(team.data, f"SELECT count(*) FROM ({media}) AS m", search_id),
+                "faces": one(team.data, f"SELECT count(*) FROM ({faces}) AS f", search_id),
+                "candidates": one(team.data, f"SELECT count(*) FROM ({cands}) AS c", search_id),
                 "decisions": one(
                     team.data,
                     f"SELECT count(*) FROM decisions WHERE candidate_id IN ({cands})",
@@ -383,7 +407,7 @@ def test_the_service_applies_retention_when_it_starts(team: Team, shared_data: P
     assert one(team.data, "SELECT count(*) FROM probe_media") == 1
     assert subject_rows(team.data, biden)["subjects"] == 1
     # Opening the directory, with no token at all, does what is due.
-    facetrail.open(team.data).close()
+    facetrail.open(team.data, **team.options()).close()
     assert subject_rows(team.data, biden) == dict.fromkeys(
         ("subjects", "images", "faces", "templates"), 0
     )

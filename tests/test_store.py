@@ -1,4 +1,5 @@
-"""Tests of the store layer on real SQLite files (no mocks)."""
+"""Tests of the store layer on real databases (no mocks): SQLite files, and PostgreSQL where
+a server can be had (see conftest's `database_url`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from PIL import Image as PILImage
 from sqlalchemy import inspect, text
 
 import facetrail.service.tables  # noqa: F401 - the service's tables share the schema
+from conftest import store_url
 from facetrail.errors import InvalidInputError, NotFoundError, StoreError
 from facetrail.store import (
     BlobStore,
@@ -94,9 +96,13 @@ def row_counts(store: Store) -> dict[str, int]:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with Store.open(tmp_path / "data") as s:
+def store(tmp_path: Path, database_url: str | None):
+    with Store.open(tmp_path / "data", database_url) as s:
         yield s
+
+
+def sqlite(store: Store) -> bool:
+    return store.engine.dialect.name == "sqlite"
 
 
 # --------------------------------------------------------------------------- schema
@@ -104,13 +110,22 @@ def store(tmp_path: Path):
 
 def test_open_creates_layout_schema_and_pragmas(store: Store) -> None:
     data_dir = store.data_dir
-    assert (data_dir / "facetrail.db").is_file()
+    assert (data_dir / "facetrail.db").is_file() == sqlite(store)
     assert (data_dir / ".lock").is_file()
     tables = set(inspect(store.engine).get_table_names())
     assert {"subjects", "images", "faces", "templates", "store_state", "audit_events"} <= tables
     assert store.generation() == 0
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0005"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0006"
+    if not sqlite(store):
+        with store.session() as s:  # writers queue on a row lock, then see the newest rows
+            level = s.execute(text("SHOW transaction_isolation")).scalar_one()
+            assert level == "read committed"
+        with store.session(write=False) as s:  # a reader sees one snapshot
+            level = s.execute(text("SHOW transaction_isolation")).scalar_one()
+            assert level == "repeatable read"
+        return
+    with store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
         assert conn.execute(text("PRAGMA secure_delete")).scalar_one() == 1
@@ -124,25 +139,37 @@ def test_migrations_match_models(store: Store) -> None:
         assert compare_metadata(ctx, Base.metadata) == []
 
 
-def test_downgrade_and_reopen(tmp_path: Path) -> None:
-    with Store.open(tmp_path) as s, s.engine.begin() as conn:
+def test_downgrade_and_reopen(tmp_path: Path, database_url: str | None) -> None:
+    with Store.open(tmp_path, database_url) as s, s.engine.begin() as conn:
         command.downgrade(alembic_config(conn), "base")
-    with Store.open(tmp_path) as s:  # upgrades again
+        # every table of every revision dropped
+        assert set(inspect(conn).get_table_names()) == {"alembic_version"}
+    with Store.open(tmp_path, database_url) as s:  # upgrades again
         assert s.generation() == 0
         assert s.subjects() == []
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    with Store.open(tmp_path) as s, s.engine.begin() as conn:
+def test_newer_schema_is_refused(tmp_path: Path, database_url: str | None) -> None:
+    with Store.open(tmp_path, database_url) as s, s.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     with pytest.raises(StoreError, match="newer"):
-        Store.open(tmp_path)
+        Store.open(tmp_path, database_url)
 
 
 def test_not_a_database_is_refused(tmp_path: Path) -> None:
     (tmp_path / "facetrail.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError):
         Store.open(tmp_path)
+
+
+def test_unusable_database_urls_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="unusable database URL"):
+        Store.open(tmp_path, "not a url")
+    with pytest.raises(StoreError, match="unusable database URL"):
+        Store.open(tmp_path, "nosuchdb://x/y")
+    # psycopg, found for a bare postgresql:// URL; nothing listens on port 1.
+    with pytest.raises(StoreError, match="cannot open the database"):
+        Store.open(tmp_path, "postgresql://nobody:secret@127.0.0.1:1/none?connect_timeout=5")
 
 
 # --------------------------------------------------------------------------- writes
@@ -348,14 +375,17 @@ def test_composed_session_commits_all_and_runs_post_commit_work(store: Store) ->
         assert (report.images, report.faces, report.templates) == (1, 1, 1)
     assert row_counts(store)["subjects"] == 0
     assert not store.blobs.exists(image.sha256)  # swept after the commit
-    with Store.open(store.data_dir) as other, pytest.raises(InvalidInputError):
+    with Store.open(store.data_dir, store_url(store)) as other, pytest.raises(InvalidInputError):
         other.erase_subject("Fay", session=s)
 
 
-def test_erase_removes_every_trace(tmp_path: Path) -> None:
+def test_erase_removes_every_trace(tmp_path: Path, database_url: str | None) -> None:
+    """On SQLite nothing of the subject is left in any file of the data directory (the
+    database and its WAL included); on PostgreSQL none of its blobs or rows."""
     data_dir = tmp_path / "data"
     rng = np.random.default_rng(7)
-    with Store.open(data_dir) as store:
+    in_dir = database_url is None  # the database's files are in the data directory
+    with Store.open(data_dir, database_url) as store:
         gone_image, gone_faces = make_reference(rng, n_faces=2)
         kept_image, kept_faces = make_reference(rng)
         store.add_reference(
@@ -376,7 +406,7 @@ def test_erase_removes_every_trace(tmp_path: Path) -> None:
 
         report = store.erase_subject("Gone")
         assert (report.images, report.faces, report.templates, report.blobs) == (1, 2, 2, 3)
-        assert report.wal_checkpointed is True
+        assert report.wal_checkpointed is (True if in_dir else None)
         assert report.generation == store.generation()
 
         with pytest.raises(NotFoundError):
@@ -392,20 +422,27 @@ def test_erase_removes_every_trace(tmp_path: Path) -> None:
             assert not store.blobs.exists(hashlib.sha256(face.chip_png).hexdigest())
 
         def check_no_trace() -> None:
-            assert (data_dir / "facetrail.db").is_file()
+            assert (data_dir / "facetrail.db").is_file() == in_dir
             for face in gone_faces:
                 assert found_anywhere(data_dir, face.descriptor.tobytes()) == []
                 assert face.chip_png is not None
                 assert found_anywhere(data_dir, face.chip_png) == []
             assert found_anywhere(data_dir, gone_image.data) == []
-            assert found_anywhere(data_dir, kept_faces[0].descriptor.tobytes()) != []
+            assert (found_anywhere(data_dir, kept_faces[0].descriptor.tobytes()) != []) == in_dir
             assert found_anywhere(data_dir, kept_image.data) != []
+            if not in_dir:
+                with Store.open(data_dir, database_url) as other, other.engine.connect() as c:
+                    vectors = {bytes(v) for (v,) in c.execute(text("SELECT vector FROM templates"))}
+                    assert kept_faces[0].descriptor.tobytes() in vectors
+                    assert not vectors & {f.descriptor.tobytes() for f in gone_faces}
+                    assert c.execute(text("SELECT count(*) FROM faces")).scalar_one() == 6
 
         check_no_trace()  # while the store is still open
         assert store.subject("Kept").id == kept.subject_id
     check_no_trace()  # and after it is closed
-    with Store.open(data_dir) as store, store.engine.connect() as conn:
-        assert conn.execute(text("PRAGMA integrity_check")).scalar_one() == "ok"
+    if in_dir:
+        with Store.open(data_dir) as store, store.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA integrity_check")).scalar_one() == "ok"
 
 
 def test_erase_unknown_subject_changes_nothing(store: Store) -> None:
@@ -436,11 +473,11 @@ def test_ids_of_erased_rows_are_not_reused(store: Store) -> None:
 # --------------------------------------------------------------------------- concurrency
 
 
-def _enrol_worker(data_dir: str, worker: int, count: int, barrier) -> None:  # type: ignore[no-untyped-def]
+def _enrol_worker(data_dir: str, worker: int, count: int, barrier, url: str | None = None) -> None:  # type: ignore[no-untyped-def]
     """Runs in a spawned process: open the store (racing the other) and enrol `count`."""
     barrier.wait(timeout=60)
     rng = np.random.default_rng(1000 + worker)
-    with Store.open(Path(data_dir)) as store:
+    with Store.open(Path(data_dir), url) as store:
         for i in range(count):
             image, faces = make_reference(rng)
             store.add_reference(
@@ -452,32 +489,35 @@ def _enrol_worker(data_dir: str, worker: int, count: int, barrier) -> None:  # t
             )
 
 
-def test_two_processes_enrol_concurrently(tmp_path: Path) -> None:
+def test_two_processes_enrol_concurrently(tmp_path: Path, database_url: str | None) -> None:
     data_dir = tmp_path / "fresh"  # does not exist yet: both processes race to create it
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     procs = [
-        ctx.Process(target=_enrol_worker, args=(str(data_dir), w, 30, barrier)) for w in (1, 2)
+        ctx.Process(target=_enrol_worker, args=(str(data_dir), w, 30, barrier, database_url))
+        for w in (1, 2)
     ]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=120)
     assert [p.exitcode for p in procs] == [0, 0]
-    with Store.open(data_dir) as store:
+    with Store.open(data_dir, database_url) as store:
         names = [s.name for s in store.subjects()]
         assert len(names) == 60
         assert names == sorted(f"worker{w}-{i:02d}" for w in (1, 2) for i in range(30))
         assert len(store.templates(MODEL)) == 60
         assert store.generation() == 60
+        if database_url is not None:
+            return
         with store.engine.connect() as conn:
             assert conn.execute(text("PRAGMA integrity_check")).scalar_one() == "ok"
             assert conn.execute(text("PRAGMA foreign_key_check")).first() is None
 
 
-def test_index_notices_another_handle(tmp_path: Path) -> None:
+def test_index_notices_another_handle(tmp_path: Path, database_url: str | None) -> None:
     rng = np.random.default_rng(10)
-    with Store.open(tmp_path) as a, Store.open(tmp_path) as b:
+    with Store.open(tmp_path, database_url) as a, Store.open(tmp_path, database_url) as b:
         assert len(a.index(MODEL)) == 0
         image, faces = make_reference(rng)
         added = b.add_reference(

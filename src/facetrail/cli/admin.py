@@ -22,7 +22,7 @@ from facetrail.cli.common import (
     show,
     when,
 )
-from facetrail.service.retention import DueSearch
+from facetrail.service.retention import DueAlerts, DueSearch
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 retention_app = typer.Typer(help="Deleting what may no longer be kept.", no_args_is_help=True)
@@ -99,12 +99,13 @@ def retention_report(
         out.print(table)
         due = Table("due", "what")
         for d in r.due:  # type: ignore[attr-defined]
-            what = (
-                f"search {d.search_id} of case {d.case}"
-                if isinstance(d, DueSearch)
-                else f"subject {d.subject}"
-            )
-            due.add_row(when(d.due_at), what)
+            if isinstance(d, DueSearch):
+                due.add_row(when(d.due_at), f"search {d.search_id} of case {d.case}")
+            elif isinstance(d, DueAlerts):
+                what = f"{d.alerts} alert(s) of live deployment {d.deployment}"
+                due.add_row(f"{when(d.first_due_at)} to {when(d.last_due_at)}", what)
+            else:
+                due.add_row(when(d.due_at), f"subject {d.subject}")
         out.print(due)
 
     show(report, as_json, render)

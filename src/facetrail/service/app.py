@@ -1129,6 +1129,7 @@ class Facetrail(LiveDesk):
             policy = self._policy(s)
             due: list[Any] = list(retention.due_searches(s, policy, until))
             due += retention.due_subjects(s, policy, until)
+            due += retention.due_alert_groups(s, policy, until)
         deleted = self.store.export_audit(actions=RETENTION_ACTIONS)
         return retention.RetentionReport(policy.model_dump(), deleted, due)
 

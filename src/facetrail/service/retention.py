@@ -17,7 +17,7 @@ store's sweep), and the report says what went from the database and from the dis
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -43,6 +43,16 @@ class DueSubject:
     renewed: bool  # an authoriser set its review date
 
 
+@dataclass(frozen=True)
+class DueAlerts:
+    """A live deployment's alerts that fall due, with when the first and last go."""
+
+    deployment: int
+    alerts: int
+    first_due_at: datetime
+    last_due_at: datetime
+
+
 @dataclass
 class RetentionRun:
     at: datetime
@@ -57,7 +67,7 @@ class RetentionRun:
 class RetentionReport:
     policy: dict
     deleted: list[dict]  # the retention events of the audit trail (what went, when)
-    due: list[DueSearch | DueSubject]  # what falls due within the horizon
+    due: list[DueSearch | DueSubject | DueAlerts]  # what falls due within the horizon
 
 
 def due_searches(s: Session, policy: Policy, until: datetime) -> list[DueSearch]:
@@ -73,6 +83,24 @@ def due_searches(s: Session, policy: Policy, until: datetime) -> list[DueSearch]
         .order_by(Search.id)
     ).all()
     return [DueSearch(i, ref, closed, closed + keep) for i, ref, closed in rows]
+
+
+def due_alert_groups(s: Session, policy: Policy, until: datetime) -> list[DueAlerts]:
+    keep = timedelta(hours=policy.alert_retention_hours)
+    rows = s.execute(
+        select(Alert.deployment_id, func.count(), func.min(Alert.at), func.max(Alert.at))
+        .where(Alert.at <= until - keep)
+        .group_by(Alert.deployment_id)
+        .order_by(Alert.deployment_id)
+    ).all()
+    return [DueAlerts(d, n, _utc(first) + keep, _utc(last) + keep) for d, n, first, last in rows]
+
+
+def _utc(value: datetime) -> datetime:
+    """Aggregates come back without the column type's zone handling on SQLite."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def due_subjects(s: Session, policy: Policy, until: datetime) -> list[DueSubject]:

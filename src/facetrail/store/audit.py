@@ -6,6 +6,11 @@ point. The sequence number of the newest event is also kept in `store_state`, so
 events off the end is caught too (unless the same hand edits that row as well: the export,
 kept outside, is the answer to that). Appending happens inside the caller's write transaction,
 so an action and its event commit together or not at all.
+
+The chain stays one chain with many writers: on SQLite a write transaction holds the
+database's write lock from its start; on PostgreSQL, where many processes share the database,
+appending first takes a transaction-level advisory lock (besides the store's own write lock),
+so two transactions never both read the same last event and chain onto it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from facetrail.errors import InvalidInputError, StoreError
@@ -25,6 +30,8 @@ from facetrail.store.models import AuditEvent, StoreState, utcnow
 
 GENESIS = "0" * 64
 HEAD_KEY = "audit_head"
+# The PostgreSQL advisory lock held from an append to the end of its transaction.
+PG_AUDIT_LOCK = 0x6661_6365_7472_0002
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,10 @@ def append(s: Session, record: AuditRecord) -> int:
         json.dumps([record.object_ids, record.details])
     except (TypeError, ValueError) as exc:
         raise InvalidInputError("audit event fields must be plain JSON values") from exc
+    if s.get_bind().dialect.name == "postgresql":
+        # Whoever holds it has read the newest event; the next appender waits until that
+        # transaction ends, and (READ COMMITTED) then reads the event it committed.
+        s.execute(select(func.pg_advisory_xact_lock(PG_AUDIT_LOCK)))
     last = s.execute(
         select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
     ).first()

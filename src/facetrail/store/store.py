@@ -5,6 +5,13 @@ share a directory: SQLite runs in WAL mode, every write transaction starts with
 `BEGIN IMMEDIATE` so writers queue instead of failing, and a `generation` counter that
 changes with every change to templates tells each handle when its in-memory index is stale.
 
+The metadata can live in PostgreSQL instead (`Store.open(data, url)`), shared by many
+processes; blobs stay files in the data directory, which those processes share too. There a
+write transaction runs at READ COMMITTED and starts by locking the `generation` row
+(`SELECT ... FOR UPDATE`), so writers queue exactly as they do on SQLite; read transactions
+run at REPEATABLE READ, one snapshot like a SQLite read transaction; migrations run under an
+advisory lock, and appending to the audit trail takes one too.
+
 The store knows nothing about users, roles or policy; the service layer decides what may be
 done and calls these methods to do it.
 """
@@ -39,7 +46,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from facetrail.errors import InvalidInputError, NotFoundError, StoreError
@@ -90,6 +97,10 @@ SQLITE_PRAGMAS: tuple[tuple[str, str], ...] = (
     ("journal_mode", "WAL"),
     ("synchronous", "FULL"),
 )
+
+# Keys of PostgreSQL advisory locks (one 64-bit number each, any database-wide constant).
+PG_MIGRATION_LOCK = 0x6661_6365_7472_0001  # held while the schema is migrated
+PG_AUDIT_LOCK = audit.PG_AUDIT_LOCK
 
 _WRITE_OPTION = "facetrail_write"
 _INFO_OWNER = "facetrail.store"
@@ -176,6 +187,24 @@ def _file_lock(path: Path) -> Iterator[None]:
                 msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
     finally:
         os.close(fd)
+
+
+def database_url(url: str | URL) -> URL:
+    """`url` as SQLAlchemy understands it; PostgreSQL without a driver means psycopg (v3).
+
+    `postgresql://...` and `postgres://...` would otherwise ask for psycopg2, which facetrail
+    does not install. StoreError if the URL cannot be parsed.
+    """
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        # Not the URL itself in the message: it may hold a password.
+        raise StoreError(
+            "unusable database URL (expected postgresql://user:password@host:port/database)"
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -308,7 +337,13 @@ class Store:
         self._write_sessions = sessionmaker(
             bind=engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
-        self._read_sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        # A SQLite read transaction sees one snapshot; REPEATABLE READ gives PostgreSQL's
+        # read transactions the same (READ COMMITTED would re-read between statements, and a
+        # generation read with templates from after it would mislabel a cached index).
+        reads = (
+            engine if self._sqlite else engine.execution_options(isolation_level="REPEATABLE READ")
+        )
+        self._read_sessions = sessionmaker(bind=reads, expire_on_commit=False)
         self._index_lock = threading.Lock()
         self._indexes: dict[str, _CachedIndex] = {}
         self._local = threading.local()
@@ -319,10 +354,12 @@ class Store:
     def open(cls, data_dir: Path, url: str | None = None, *, key: bytes | None = None) -> Store:
         """Open (creating and migrating if needed) the store in `data_dir`.
 
-        `url` selects another database (PostgreSQL); blobs and the lock file stay in
-        `data_dir`. Migration runs under an exclusive file lock so that two processes
-        opening a new directory at once do not both try to create the schema. `key` is the
-        encryption key at rest (see `__init__`), checked before anything is created.
+        `url` selects another database (PostgreSQL: `postgresql://user:password@host/db`,
+        through psycopg); blobs and the lock file stay in `data_dir`. Migration runs under an
+        exclusive file lock (and on PostgreSQL an advisory lock, for processes on other
+        machines) so that two processes opening a new store at once do not both try to
+        create the schema. `key` is the encryption key at rest (see `__init__`), checked
+        before anything is created.
         """
         if key is not None:
             key = check_key(key)
@@ -335,13 +372,22 @@ class Store:
             db_path = data_dir / DB_NAME
             # Create the file private before SQLite does; its -wal and -shm inherit the mode.
             os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
-            db_url: str | URL = URL.create("sqlite+pysqlite", database=str(db_path))
+            db_url = URL.create("sqlite+pysqlite", database=str(db_path))
         else:
-            db_url = url
+            db_url = database_url(url)
+        options: dict[str, Any] = {}
+        if db_url.get_backend_name() == "postgresql":
+            # Writers queue on a row lock and then must see what the writer before them
+            # committed: READ COMMITTED, whatever the server's default. Long-lived service
+            # processes outlive connections (server restarts): test each before use.
+            options = {"isolation_level": "READ COMMITTED", "pool_pre_ping": True}
         try:
-            engine = create_engine(db_url)
+            engine = create_engine(db_url, **options)
         except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError) as e:
             raise StoreError(f"unusable database URL: {e}") from None
+        except ImportError as e:
+            hint = " (pip install 'facetrail[postgres]')" if "psycopg" in str(e) else ""
+            raise StoreError(f"the database URL needs a driver: {e}{hint}") from None
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
@@ -359,6 +405,12 @@ class Store:
         """Once a key has been used here, refuse handles without one: they would write new
         images and templates in the clear into an encrypted store."""
         with engine.execution_options(**{_WRITE_OPTION: True}).begin() as conn:
+            if engine.dialect.name != "sqlite":  # the write lock, as in `session`
+                conn.execute(
+                    select(StoreState.value)
+                    .where(StoreState.key == GENERATION_KEY)
+                    .with_for_update()
+                )
             marked = conn.execute(
                 select(StoreState.value).where(StoreState.key == ENCRYPTED_KEY)
             ).scalar()
@@ -382,6 +434,8 @@ class Store:
                     driver.execute("PRAGMA foreign_keys=OFF")
                 try:
                     with conn.begin():
+                        if engine.dialect.name == "postgresql":  # released at the end
+                            conn.execute(select(func.pg_advisory_xact_lock(PG_MIGRATION_LOCK)))
                         command.upgrade(alembic_config(conn), "head")
                         if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
                             raise StoreError("migration left broken foreign keys; rolled back")
