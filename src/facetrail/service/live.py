@@ -266,12 +266,14 @@ class LiveRunner:
 
     # -- processing ----------------------------------------------------------------------
     def run(self) -> str:
+        self._warm_up()
         reader = threading.Thread(target=self._read, name="facetrail-live-reader", daemon=True)
+        beats = threading.Thread(target=self._heartbeats, name="facetrail-live-beat", daemon=True)
         reader.start()
+        beats.start()
         tracker = Tracker(self.options.tracker)
         alerted: dict[int, set[str]] = {}
         outcome = "ended"
-        last_beat = clock.monotonic()
         try:
             while True:
                 if self._stop.is_set():
@@ -289,17 +291,28 @@ class LiveRunner:
                         break
                 else:
                     self._analyse(frame, tracker, alerted)
-                if clock.monotonic() - last_beat >= self.options.heartbeat:
-                    last_beat = clock.monotonic()
-                    if not self._beat():
-                        outcome = "stopped"
-                        break
         finally:
             self._stop.set()
             reader.join(timeout=15)
+            beats.join(timeout=15)
             self._sync()
         self._beat()
         return outcome
+
+    def _warm_up(self) -> None:
+        """Run the models once before the stream opens, so that the first alert of a
+        deployment (the one that matters most) does not also pay for their start."""
+        analyzer = self.options.analyzer
+        analyzer.locate(np.zeros((720, 1280, 3), np.uint8), "thorough")
+        size = analyzer.descriptor.chip_size
+        analyzer.descriptor.describe(np.zeros((1, size, size, 3), np.uint8))
+
+    def _heartbeats(self) -> None:
+        """Report the counters every `heartbeat` seconds, off the processing thread (a
+        database write must not delay a frame); the service's refusal stops the run."""
+        while not self._stop.wait(self.options.heartbeat):
+            if not self._beat():
+                self._stop.set()
 
     def _sync(self) -> None:
         self.counters.frames_received = self._slot.received
