@@ -78,7 +78,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterat
         before = _blob_files(team.data)
         pushed: list[live.AlertInfo] = []
         info = handles["operator"].start_deployment(
-            WATCHLIST, str(clip), _in(minutes=5), wait=True, on_alert=pushed.append, pace=PACE
+            WATCHLIST,
+            str(clip),
+            _in(minutes=5),
+            wait=True,
+            on_alert=pushed.append,
+            pace=PACE,
+            location="Test Street, camera 1",
         )
         with open_video(clip) as video:
             decoded = sum(1 for _ in video.frames())
@@ -144,6 +150,11 @@ def test_review_and_report(world: World) -> None:
     assert row.alerts == len(alerts) and row.confirmed == 1
     assert row.false_alerts == (1 if len(alerts) > 1 else 0)
     assert row.faces_seen == world.deployment.faces_seen and row.duration_s > 0
+    assert row.location == "Test Street, camera 1" and row.watchlist_size == 1
+    assert row.false_alert_rate == pytest.approx(row.false_alerts / row.faces_seen)
+    assert report.unreviewed == report.alerts - report.confirmed - report.false_alerts
+    later = world.operator.live_report(since=_in(minutes=1))
+    assert later.deployments == [] and later.faces_seen == 0 and later.false_alert_rate is None
     with pytest.raises(PermissionDeniedError):
         world.ft.as_caller(world.ft.caller).review_alert(alerts[0].id, "false", note="admin")
     actions = {e["action"] for e in world.ft.store.export_audit()}

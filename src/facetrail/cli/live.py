@@ -58,6 +58,9 @@ def live_start(
     threshold: Annotated[
         float | None, typer.Option(help="Alert threshold (default: policy; never below the floor).")
     ] = None,
+    location: Annotated[
+        str | None, typer.Option(help="Where the camera watches (published in the report).")
+    ] = None,
     data: DataOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -83,6 +86,7 @@ def live_start(
                 wait=True,
                 on_alert=on_alert,
                 on_started=on_started,
+                location=location,
             )
         except KeyboardInterrupt:
             if not started:
@@ -166,17 +170,42 @@ def live_review(
 
 
 @live_app.command("report")
-def live_report(data: DataOpt = None, as_json: JsonOpt = False) -> None:
-    """Transparency: per deployment, faces seen, alerts, confirmed and false alerts."""
+def live_report(
+    since: Annotated[
+        str | None, typer.Option("--from", help="Deployments started from (ISO 8601, UTC).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="... and before (ISO 8601, UTC).")
+    ] = None,
+    data: DataOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Transparency: per deployment, where, watchlist size, faces seen, alerts, confirmed and
+    false alerts, the false alert rate (false alerts per face seen) and duration."""
+    start = parse_time(since) if since else None
+    end = parse_time(until) if until else None
     with session(data, as_json) as ft:
-        report = ft.live_report()
+        report = ft.live_report(start, end)
 
     def render(r: Any) -> None:
-        table = Table("id", "watchlist", "started", "minutes", "faces", "alerts", "true", "false")
+        table = Table(
+            "id",
+            "location",
+            "watchlist",
+            "size",
+            "started",
+            "minutes",
+            "faces",
+            "alerts",
+            "true",
+            "false",
+        )
         for d in r.deployments:
             table.add_row(
                 str(d.id),
+                d.location or "",
                 d.watchlist,
+                "" if d.watchlist_size is None else str(d.watchlist_size),
                 when(d.started_at),
                 f"{d.duration_s / 60:.1f}",
                 str(d.faces_seen),
@@ -185,9 +214,11 @@ def live_report(data: DataOpt = None, as_json: JsonOpt = False) -> None:
                 str(d.false_alerts),
             )
         out.print(table)
+        rate = "n/a" if r.false_alert_rate is None else f"{r.false_alert_rate:.4%}"
         out.print(
             f"total: {r.faces_seen} faces seen, {r.alerts} alerts, {r.confirmed} confirmed, "
-            f"{r.false_alerts} false"
+            f"{r.false_alerts} false, {r.unreviewed} not reviewed; false alert rate {rate} "
+            "of faces seen"
         )
 
     show(report, as_json, render)

@@ -389,6 +389,8 @@ class DeploymentInfo:
     false_alerts: int
     resumable: bool
     resumed: int  # times a service restart resumed it
+    location: str | None
+    watchlist_size: int | None
 
 
 @dataclass(frozen=True)
@@ -414,6 +416,8 @@ class DeploymentSummary:
 
     id: int
     watchlist: str
+    watchlist_size: int | None
+    location: str | None
     started_at: datetime
     duration_s: float
     status: str
@@ -421,15 +425,24 @@ class DeploymentSummary:
     alerts: int
     confirmed: int
     false_alerts: int
+    false_alert_rate: float | None  # false alerts per face seen, as the Met publishes it
 
 
 @dataclass(frozen=True)
 class LiveReport:
+    since: datetime | None  # deployments started in [since, until)
+    until: datetime | None
     deployments: list[DeploymentSummary]
     faces_seen: int
     alerts: int
     confirmed: int
     false_alerts: int
+    unreviewed: int  # alerts neither confirmed nor marked false
+    false_alert_rate: float | None
+
+
+def false_alert_rate(false_alerts: int, faces_seen: int) -> float | None:
+    return false_alerts / faces_seen if faces_seen else None
 
 
 def deployment_info(s: Session, r: Deployment) -> DeploymentInfo:
@@ -455,6 +468,8 @@ def deployment_info(s: Session, r: Deployment) -> DeploymentInfo:
         false_alerts=r.false_alerts,
         resumable=r.resumable,
         resumed=r.resumed,
+        location=r.location,
+        watchlist_size=r.watchlist_size,
     )
 
 

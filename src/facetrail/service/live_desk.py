@@ -61,6 +61,7 @@ class LiveDesk:
         reconnect_attempts: int = 5,
         backoff: float = 0.5,
         resumable: bool = False,
+        location: str | None = None,
     ) -> live.DeploymentInfo:
         """Watch `source` against an authorised, unexpired watchlist until `until` (no later
         than the watchlist's expiry). The run is a background thread of this process, or,
@@ -69,7 +70,8 @@ class LiveDesk:
         fast a file source is played (1.0: real time; rehearsals and tests). `resumable`
         (the service's deployments): when this process stops, the deployment is suspended
         and the service resumes it when it starts again, if its source is a stream or
-        camera without credentials (which are never stored)."""
+        camera without credentials (which are never stored). `location`: where the camera
+        watches, as the transparency report publishes it."""
         caller = self._need(Op.LIVE_DEPLOY)
         if not isinstance(until, datetime) or until.tzinfo is None:
             raise InvalidInputError("the end time must be a time with a time zone")
@@ -79,6 +81,10 @@ class LiveDesk:
             raise InvalidInputError("the pace is above 0 and at most 100")
         kind = live.source_kind(source)
         scoring = self.scoring(threshold)
+        if location is not None:
+            location = cases.check_text(location, "the location")
+            if len(location) > 200:
+                raise InvalidInputError("the location is at most 200 characters")
         with self._write() as s:
             w, subjects = watchlists.searchable_subjects(s, watchlist)
             if until > w.expires_at:
@@ -102,6 +108,8 @@ class LiveDesk:
                 status="running",
                 seen_at=utcnow(),
                 runner=RUNNER,
+                location=location,
+                watchlist_size=len(subjects),
                 resumable=bool(
                     resumable and kind != "file" and live.strip_credentials(source) == source
                 ),
@@ -122,6 +130,7 @@ class LiveDesk:
                 threshold=row.threshold,
                 until=until.isoformat(),
                 subjects=len(subjects),
+                location=location,
                 resumable=row.resumable,
             )
         run = _Run(deployment_id, caller, source, until, subjects, scoring, live.Counters())
@@ -513,17 +522,27 @@ class LiveDesk:
         self._publish("review", info.deployment, alert=info.id, outcome=outcome)
         return info
 
-    def live_report(self) -> live.LiveReport:
-        """Per deployment: faces seen, alerts, confirmed and false alerts, duration (the
-        shape of the Met's published figures); counts outlive the alerts themselves."""
+    def live_report(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> live.LiveReport:
+        """Per deployment started in [since, until): where, the watchlist's size, faces seen,
+        alerts, confirmed and false alerts, the false alert rate and the duration (the shape
+        of the Met's published figures); counts outlive the alerts themselves."""
         self._need(Op.LIVE_READ)
         now = utcnow()
+        query = select(Deployment).order_by(Deployment.id)
+        if since is not None:
+            query = query.where(Deployment.started_at >= since)
+        if until is not None:
+            query = query.where(Deployment.started_at < until)
         with self._read() as s:
-            rows = list(s.scalars(select(Deployment).order_by(Deployment.id)))
+            rows = list(s.scalars(query))
         out = [
             live.DeploymentSummary(
                 id=r.id,
                 watchlist=r.watchlist_name,
+                watchlist_size=r.watchlist_size,
+                location=r.location,
                 started_at=r.started_at,
                 duration_s=round(((r.stopped_at or now) - r.started_at).total_seconds(), 1),
                 status=r.status,
@@ -531,15 +550,24 @@ class LiveDesk:
                 alerts=r.alerts,
                 confirmed=r.confirmed,
                 false_alerts=r.false_alerts,
+                false_alert_rate=live.false_alert_rate(r.false_alerts, r.faces_seen),
             )
             for r in rows
         ]
+        faces = sum(d.faces_seen for d in out)
+        alerts = sum(d.alerts for d in out)
+        confirmed = sum(d.confirmed for d in out)
+        false = sum(d.false_alerts for d in out)
         return live.LiveReport(
+            since=since,
+            until=until,
             deployments=out,
-            faces_seen=sum(d.faces_seen for d in out),
-            alerts=sum(d.alerts for d in out),
-            confirmed=sum(d.confirmed for d in out),
-            false_alerts=sum(d.false_alerts for d in out),
+            faces_seen=faces,
+            alerts=alerts,
+            confirmed=confirmed,
+            false_alerts=false,
+            unreviewed=alerts - confirmed - false,
+            false_alert_rate=live.false_alert_rate(false, faces),
         )
 
     # -- events and the webhook ------------------------------------------------------------

@@ -307,6 +307,10 @@ class Deployment(Base):
     # Started by the service from a source without credentials: a restart resumes it.
     resumable: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     resumed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Where it watched (free text, as the transparency report shows it) and how many subjects
+    # its watchlist held when it started.
+    location: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    watchlist_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     frames_received: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     frames_dropped: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     frames_analysed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

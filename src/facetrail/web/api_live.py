@@ -28,7 +28,12 @@ router = APIRouter(prefix="/live", tags=["live"])
 
 
 def start(
-    ft: Facetrail, watchlist: str, source: str, until: datetime, threshold: float | None
+    ft: Facetrail,
+    watchlist: str,
+    source: str,
+    until: datetime,
+    threshold: float | None,
+    location: str | None = None,
 ) -> live.DeploymentInfo:
     """Start a resumable deployment from a network or camera source (HTTP and pages)."""
     ft.require(Op.LIVE_DEPLOY)  # the role first: a refused caller learns nothing of files
@@ -37,7 +42,9 @@ def start(
             "a deployment started over HTTP watches a stream URL or a camera device; "
             "rehearse with a video file on the command line"
         )
-    return ft.start_deployment(watchlist, source.strip(), until, threshold, resumable=True)
+    return ft.start_deployment(
+        watchlist, source.strip(), until, threshold, resumable=True, location=location
+    )
 
 
 class NewDeployment(BaseModel):
@@ -49,6 +56,7 @@ class NewDeployment(BaseModel):
     )
     until: Moment = Field(description="End time (UTC if no zone); at most the watchlist's.")
     threshold: float | None = Field(None, ge=-1, le=1)
+    location: str | None = Field(None, max_length=200, description="Where it watches.")
 
 
 class Stop(BaseModel):
@@ -69,7 +77,7 @@ def deployments(ft: Caller, p: Pages) -> Page:
 @router.post("/deployments", status_code=201)
 def start_deployment(body: NewDeployment, ft: Caller) -> dict:
     """Start watching a stream against an authorised watchlist (runs in the service)."""
-    return plain(start(ft, body.watchlist, body.source, body.until, body.threshold))
+    return plain(start(ft, body.watchlist, body.source, body.until, body.threshold, body.location))
 
 
 @router.get("/deployments/{deployment_id}")
@@ -100,9 +108,14 @@ def review(alert_id: int, body: AlertReview, ft: Caller) -> dict:
 
 
 @router.get("/report")
-def report(ft: Caller) -> dict:
-    """Per deployment: faces seen, alerts, confirmed and false alerts, duration."""
-    return plain(ft.live_report())
+def report(
+    ft: Caller,
+    since: Annotated[Moment | None, Query(alias="from")] = None,
+    until: Annotated[Moment | None, Query(alias="to")] = None,
+) -> dict:
+    """Per deployment started in [from, to): location, watchlist size, faces seen, alerts,
+    confirmed and false alerts, false alert rate, duration."""
+    return plain(ft.live_report(since, until))
 
 
 @router.get("/events", response_class=StreamingResponse)

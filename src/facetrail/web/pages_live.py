@@ -60,13 +60,14 @@ def start_deployment(
     source: Annotated[str, Form(max_length=1000)],
     hours: Annotated[float, Form(gt=0, le=MAX_HOURS)],
     threshold: Annotated[str, Form(max_length=20)] = "",
+    location: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     try:
         chosen = float(threshold) if threshold.strip() else None
     except ValueError:
         raise InvalidInputError("the threshold is a number between -1 and 1") from None
     until = utcnow() + timedelta(hours=hours)
-    d = start(ft, watchlist, source, until, chosen)
+    d = start(ft, watchlist, source, until, chosen, location.strip() or None)
     return redirect(f"/live/{d.id}", "started")
 
 

@@ -1,5 +1,7 @@
-"""Live deployments that a service restart can resume: which process runs a deployment, and
-whether it may be resumed (started by the service, from a source without credentials).
+"""Live deployments that a service restart can resume (which process runs a deployment, and
+whether it may be resumed: started by the service, from a source without credentials), and
+what the transparency report publishes of each: where it was and how many people its
+watchlist held.
 
 Revision ID: 0006
 Revises: 0005
@@ -26,10 +28,14 @@ def upgrade() -> None:
             sa.Column("resumable", sa.Boolean(), nullable=False, server_default=sa.false())
         )
         batch_op.add_column(sa.Column("resumed", sa.Integer(), nullable=False, server_default="0"))
+        batch_op.add_column(sa.Column("location", sa.String(length=200), nullable=True))
+        batch_op.add_column(sa.Column("watchlist_size", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("deployments", schema=None) as batch_op:
+        batch_op.drop_column("watchlist_size")
+        batch_op.drop_column("location")
         batch_op.drop_column("resumed")
         batch_op.drop_column("resumable")
         batch_op.drop_column("runner")
