@@ -7,7 +7,9 @@ layer name to the next, parse each record's fields exactly, and insist that what
 two records is small bookkeeping: anything else means the file is not what we think it is.
 
 Records come out in the order dlib writes them, input layer first, which for the networks we
-read (the face descriptor ResNet, the MMOD detector) is the order of computation.
+read (the face descriptor ResNet, the MMOD detector) is the order of computation. Batch-norm
+records (`bn_con2`, in the MMOD detector's file) come out with affine params, as dlib converts
+them when it loads the file for inference.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from facetrail.errors import ModelError
 _LAYER_NAMES = (
     "input_rgb_image_sized",
     "input_rgb_image_pyramid",
+    "input_rgb_image_pyramid2",
     "con_4",
     "con_5",
     "affine_",
@@ -131,14 +134,48 @@ class _Markers:
         return best
 
 
+def _bn_as_affine(r: _Reader) -> tuple[np.ndarray, float]:
+    """Read a batch-norm record (`bn_con2`) and return it as an affine layer's params.
+
+    dlib saves its training network with batch normalisation and, when it loads such a file
+    into an inference network, turns each `bn_con` into an `affine_` from the running
+    statistics: gamma' = gamma / sqrt(var + eps), beta' = beta - gamma' * mean. We do the same
+    here, so callers see one kind of params (gamma' then beta') for both record kinds.
+    """
+    params = r.tensor().reshape(-1)
+    r.alias()  # gamma
+    r.alias()  # beta
+    r.tensor()  # means of the last training batch
+    r.tensor()  # their inverse standard deviations
+    running_means = r.tensor().reshape(-1).astype(np.float64)
+    running_vars = r.tensor().reshape(-1).astype(np.float64)
+    r.integer()  # num_updates
+    r.integer()  # running_stats_window_size
+    for _ in range(4):  # learning-rate and weight-decay multipliers
+        r.double()
+    eps = r.double()
+    k = running_means.size
+    if params.size != 2 * k or running_vars.size != k or not eps > 0:
+        raise ModelError("batch-norm record with inconsistent sizes")
+    gamma = params[:k].astype(np.float64) / np.sqrt(running_vars + eps)
+    beta = params[k:].astype(np.float64) - gamma * running_means
+    return np.concatenate([gamma, beta]).astype(np.float32), eps
+
+
 def _parse_record(reader: _Reader, name: str) -> Layer:
     layer = Layer(kind=name, offset=reader.pos)
     r = reader
     if name == "input_rgb_image_sized":
         layer.floats = {"mean_r": r.double(), "mean_g": r.double(), "mean_b": r.double()}
         layer.ints = {"nr": r.integer(), "nc": r.integer()}
-    elif name == "input_rgb_image_pyramid":
+    elif name in ("input_rgb_image_pyramid", "input_rgb_image_pyramid2"):
         layer.floats = {"mean_r": r.double(), "mean_g": r.double(), "mean_b": r.double()}
+        # The first version stored no paddings; dlib then uses 10 between pyramid levels and
+        # 11 around the tiled image.
+        if name.endswith("2"):
+            layer.ints = {"padding": r.integer(), "outer_padding": r.integer()}
+        else:
+            layer.ints = {"padding": 10, "outer_padding": 11}
     elif name in ("con_4", "con_5"):
         layer.params = r.tensor().reshape(-1)
         keys = ("num_filters", "nr", "nc", "stride_y", "stride_x", "padding_y", "padding_x")
@@ -155,6 +192,9 @@ def _parse_record(reader: _Reader, name: str) -> Layer:
         r.alias()
         r.alias()
         layer.ints = {"mode": r.integer()}
+    elif name == "bn_con2":
+        layer.params, eps = _bn_as_affine(r)
+        layer.floats = {"eps": eps}
     elif name in ("avg_pool_2", "max_pool_2"):
         keys = ("nr", "nc", "stride_y", "stride_x", "padding_y", "padding_x")
         layer.ints = {key: r.integer() for key in keys}
