@@ -14,7 +14,8 @@ raised it arrived at the service (decoded from the stream), both on this machine
 run reports its median and 95th percentile, then plays the stream at several frame rates and
 reports the highest one the service sustained without falling behind (at most 1% of frames
 dropped, counted from 4 s after the stream opened: opening a stream delivers the frames
-buffered while FFmpeg probed it all at once), with the memory of the service process at the start and end of each run.
+buffered while FFmpeg probed it all at once), with the memory of the service process at the
+start and end of each run.
 
     python bench/live_latency.py [--lfw ../shared/data/lfw] [--people 24] [--rates 5,10,15,20,25,30]
 """
