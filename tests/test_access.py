@@ -39,6 +39,7 @@ DOCUMENTED: dict[str, set[str]] = {
     "gallery.enrol": {"admin"},
     "gallery.read": {"admin", "authoriser", "investigator", "operator", "auditor"},
     "gallery.erase": {"admin"},
+    "gallery.export": {"admin"},
     "subject.renew": {"authoriser"},
     "case.open": {"authoriser", "investigator"},
     "case.read": {"authoriser", "investigator", "auditor"},
@@ -59,6 +60,8 @@ DOCUMENTED: dict[str, set[str]] = {
     "live.deploy": {"authoriser", "operator"},
     "live.read": {"authoriser", "operator", "auditor"},
     "alert.review": {"authoriser", "operator"},
+    "case.report": {"authoriser", "investigator", "auditor"},
+    "report.transparency": {"admin", "authoriser", "auditor"},
 }
 
 # What an allowed role's calls leave in the audit trail (reads that are not audited: none).
@@ -67,6 +70,7 @@ AUDITED: dict[str, set[str]] = {
     "policy.change": {"policy.change"},
     "gallery.enrol": {"enrol"},
     "gallery.erase": {"erase"},
+    "gallery.export": {"templates.export"},
     "subject.renew": {"subject.renew"},
     "case.open": {"case.open"},
     "case.manage": {"case.member", "case.close"},
@@ -82,6 +86,8 @@ AUDITED: dict[str, set[str]] = {
     "live.deploy": {"live.start", "live.end", "live.stop"},
     "live.read": {"alert.view"},
     "alert.review": {"alert.review"},
+    "case.report": {"report.case"},
+    "report.transparency": {"report.transparency"},
 }
 
 WATCHLIST = "wl-base"  # authorised, members obama and biden
@@ -197,7 +203,17 @@ def policy_change(w: World, role: str) -> list[Call]:
 
 def enrol(w: World, role: str) -> list[Call]:
     subject = w.name(f"enrolled-by-{role}")
-    return [Call(lambda ft: ft.enrol([w.fr / "obama.jpg"], subject=subject))]
+    return [
+        Call(lambda ft: ft.enrol([w.fr / "obama.jpg"], subject=subject)),
+        # Importing templates is enrolling them: an allowed role gets past the role check to
+        # the file, which is not there.
+        Call(lambda ft: ft.import_templates(w.empty / "none.npz"), raises=InvalidInputError),
+    ]
+
+
+def export(w: World, role: str) -> list[Call]:
+    path = w.empty.parent / f"{w.name('templates')}.npz"
+    return [Call(lambda ft: ft.export_templates(path))]
 
 
 def gallery_read(w: World, role: str) -> list[Call]:
@@ -345,6 +361,15 @@ def alert_review(w: World, role: str) -> list[Call]:
     return [Call(lambda ft: ft.review_alert(alert_id, "false", note=f"by {role}"))]
 
 
+def case_report(w: World, role: str) -> list[Call]:
+    return [Call(lambda ft: ft.case_report(CASE))]
+
+
+def transparency(w: World, role: str) -> list[Call]:
+    today = datetime.now(UTC).date()
+    return [Call(lambda ft: ft.transparency_report(today - timedelta(days=30), today))]
+
+
 CHECKS: dict[Op, Check] = {
     Op.USERS: users,
     Op.POLICY_READ: policy_read,
@@ -352,6 +377,7 @@ CHECKS: dict[Op, Check] = {
     Op.ENROL: enrol,
     Op.GALLERY_READ: gallery_read,
     Op.ERASE: erase,
+    Op.EXPORT: export,
     Op.RENEW: renew,
     Op.CASE_OPEN: case_open,
     Op.CASE_READ: case_read,
@@ -372,6 +398,8 @@ CHECKS: dict[Op, Check] = {
     Op.LIVE_DEPLOY: live_deploy,
     Op.LIVE_READ: live_read,
     Op.ALERT_REVIEW: alert_review,
+    Op.CASE_REPORT: case_report,
+    Op.TRANSPARENCY: transparency,
 }
 
 

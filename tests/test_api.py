@@ -34,8 +34,9 @@ PROBLEM = "application/problem+json"
 WATCHLIST = "wl-base"  # authorised, members obama and biden
 ERASABLE = "alex_lacamoire"  # erased by the administrator's allowed erase
 KEPT = "biden"  # what refused erasures and renewals aim at
-# LFW evaluation reads a data set on the server: CLI only.
-CLI_ONLY = {"evaluate"}
+# Evaluation reads a labelled data set on the server, and a bulk export of templates writes a
+# file of biometric data on it: CLI only.
+CLI_ONLY = {"evaluate", "gallery.export"}
 
 
 def files(*paths: Path, field: str = "files") -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -495,6 +496,16 @@ def _alert_review(a: Api, role: str) -> list[Req]:
     return [Req("POST", "/live/alerts/999999/review", {"json": review}, allowed=404)]
 
 
+def _case_report(a: Api, role: str) -> list[Req]:
+    return [Req("GET", f"/cases/{CASE}/report")]
+
+
+def _transparency(a: Api, role: str) -> list[Req]:
+    today = datetime.now(UTC).date()
+    period = {"from": str(today - timedelta(days=30)), "to": str(today)}
+    return [Req("GET", "/reports/transparency", {"params": period})]
+
+
 ROUTES: dict[str, Callable[[Api, str], list[Req]]] = {
     "users.manage": _users,
     "policy.read": _policy_read,
@@ -521,6 +532,8 @@ ROUTES: dict[str, Callable[[Api, str], list[Req]]] = {
     "live.deploy": _live_deploy,
     "live.read": _live_read,
     "alert.review": _alert_review,
+    "case.report": _case_report,
+    "report.transparency": _transparency,
 }
 
 

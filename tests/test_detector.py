@@ -17,7 +17,13 @@ import pytest
 from PIL import Image
 
 from facetrail.media import load_image
-from facetrail.vision.detector import HOG_WINDOW, Detections, HogDetector
+from facetrail.vision.detector import (
+    HOG_WINDOW,
+    Detections,
+    FallbackDetector,
+    HogDetector,
+    build_detector,
+)
 
 # facetrail enlarges with Pillow where dlib uses pyramid_up, so boxes may move a little.
 # Measured: at most 1.5 px on any edge of these four images; the tolerance sits just above.
@@ -230,3 +236,31 @@ def test_concurrent_detection_matches_serial(shared_data):
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_array_equal(a.scores, b.scores)
     assert sum(len(d.boxes) for d in serial) >= 35
+
+
+def test_auto_builds_the_cnn_only_where_hog_finds_nothing(shared_data: Path) -> None:
+    auto = build_detector("auto", 40, 8_000_000)
+    assert isinstance(auto, FallbackDetector)
+    found = auto.detect(_image(shared_data, f"{FR}/obama.jpg"), "primary")
+    assert len(found.scores) == 1 and auto._second is None  # HOG found it: no CNN loaded
+    assert isinstance(build_detector("hog", 40, 8_000_000), HogDetector)
+    with pytest.raises(ValueError):
+        build_detector("sift", 40, 8_000_000)  # type: ignore[arg-type]
+
+
+def test_auto_finds_the_faces_hog_misses_in_footage(shared_data: Path) -> None:
+    """Frames of the Hamilton clip: the fallback finds a face in frames where HOG finds none,
+    and never fewer faces than HOG."""
+    from facetrail.media.video import open_video
+
+    clip = shared_data / FR / "short_hamilton_clip.mp4"
+    if not clip.is_file():
+        pytest.skip("shared test video missing: short_hamilton_clip.mp4")
+    with open_video(clip) as video:
+        frames = [f.pixels for f in itertools.islice(video.frames(), 0, 270, 30)]
+    hog = HogDetector(40, 1_000_000, grey=True)
+    auto = build_detector("auto", 40, 1_000_000, grey=True)
+    by_hog = [len(hog.detect(f).scores) for f in frames]
+    by_auto = [len(auto.detect(f).scores) for f in frames]
+    assert all(a >= h for a, h in zip(by_auto, by_hog, strict=True))
+    assert sum(a > 0 for a in by_auto) > sum(h > 0 for h in by_hog)

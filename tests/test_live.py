@@ -396,7 +396,7 @@ def test_the_cli(world: World) -> None:
     """`facetrail live ...` as separate processes on the same data directory."""
     from test_cli import run, run_json
 
-    until = _in(seconds=4).isoformat()
+    until = _in(seconds=40).isoformat()  # the clip (9 s) ends first, however slow the start
     args = ["live", "start", "--watchlist", WATCHLIST, "--source", str(world.clip)]
     started = run_json(world.team, *args, "--until", until, role="operator")
     d = started["deployment"]

@@ -10,10 +10,12 @@ from typing import Annotated
 
 import typer
 
-from facetrail.cli import accounts, admin, cases, gallery
+from facetrail.cli import accounts, admin, calibrate, cases, gallery
+from facetrail.cli.cohort import cohort_app
 from facetrail.cli.common import STATE
 from facetrail.cli.live import live_app
 from facetrail.cli.reports import report_app
+from facetrail.cli.templates import templates_app
 
 app = typer.Typer(
     help="facetrail: accountable facial recognition (enrol, search, review, audit).",
@@ -37,7 +39,7 @@ def _global(
     STATE.token = token
 
 
-for group in (gallery.app, accounts.app, admin.serve_app):
+for group in (gallery.app, accounts.app, admin.serve_app, calibrate.app):
     app.registered_commands += group.registered_commands
 app.add_typer(accounts.user_app, name="user")
 app.add_typer(accounts.token_app, name="token")
@@ -51,6 +53,8 @@ app.add_typer(admin.key_app, name="key")
 app.add_typer(gallery.eval_app, name="eval")
 app.add_typer(live_app, name="live")
 app.add_typer(report_app, name="report")
+app.add_typer(templates_app, name="templates")
+app.add_typer(cohort_app, name="cohort")
 
 
 def main() -> None:

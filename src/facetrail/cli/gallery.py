@@ -30,6 +30,17 @@ app = typer.Typer()
 eval_app = typer.Typer(help="Measure accuracy on labelled data.", no_args_is_help=True)
 
 CaseOpt = Annotated[str, typer.Option("--case", help="The case this belongs to (required).")]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        envvar="FACETRAIL_RAY_ADDRESS",
+        help="Analyse on the Ray cluster whose head is at HOST:PORT (pip install "
+        "'facetrail\\[ray]'); this process still writes every result.",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -43,6 +54,7 @@ def enrol(
     manifest: Annotated[
         Path | None, typer.Option("--manifest", help="CSV with columns subject,image[,reference].")
     ] = None,
+    ray: RayOpt = None,
     data: DataOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -54,6 +66,7 @@ def enrol(
             manifest=manifest,
             on_total=total,
             progress=lambda _: advance(1),
+            ray=ray,
         )
     summary = report.to_dict()
     if as_json:
@@ -148,11 +161,13 @@ def search(
         Path | None,
         typer.Option("--out", help="Also write best-shot crops and a contact sheet here."),
     ] = None,
+    ray: RayOpt = None,
     data: DataOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search every face of each probe image, and every appearance in each video, in a case;
-    candidates are kept for review."""
+    candidates are kept for review. With --ray, videos are tracked on the cluster (their
+    paths must be readable there)."""
     with session(data, as_json) as ft, _search_progress(len(probes)) as (on_probe, on_video):
         report = ft.search(
             probes,
@@ -165,6 +180,7 @@ def search(
             progress=on_probe,
             video_progress=on_video,
             out=out_dir,
+            ray=ray,
         )
     failed = all_failed(report)
     if as_json:
@@ -417,13 +433,43 @@ def eval_identify(
     folder: Annotated[Path, typer.Argument(help="Folder of <person>/<image> (LFW layout).")],
     out_dir: EvalOutOpt = Path("eval-results"),
     limit: LimitOpt = None,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Also measure every score technique (cohort normalisation: Z, T, S, AS-norm; "
+            "fusion of several templates) with a cohort of single-image people kept apart "
+            "from the probes; prints a table, adds 'techniques' to the JSON.",
+        ),
+    ] = False,
+    folds: Annotated[
+        int, typer.Option("--cohort-folds", min=2, help="Cross-cohort folds for --compare.")
+    ] = 2,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate",
+            help="Save the calibrations of normalised scores (as-norm, as-norm+cosine) "
+            "measured here (administrators): what cohort-normalised searches take their "
+            "threshold and FMRs from.",
+        ),
+    ] = False,
     data: DataOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Open-set 1:N identification: gallery = one image of each person with two or more,
     mated probes = their other images, non-mated probes = people with one image."""
     with session(data, as_json) as ft, progress_bar("describing") as (total, advance):
-        report = ft.eval_identify(folder, out_dir, limit=limit, progress=advance, on_total=total)
+        report = ft.eval_identify(
+            folder,
+            out_dir,
+            limit=limit,
+            compare=compare,
+            folds=folds,
+            calibrate=calibrate,
+            progress=advance,
+            on_total=total,
+        )
     if as_json:
         return emit_json(report)
     out.print(
@@ -443,6 +489,25 @@ def eval_identify(
     out.print(
         "hit rate: " + ", ".join(f"rank {k}: {_rate(v)}" for k, v in report.rank_hits.items())
     )
+    if report.techniques:
+        out.print(
+            f"score techniques ({report.cohort_folds} cross-cohort folds; "
+            f"{out_dir / 'identify_techniques.md'}):"
+        )
+        techniques = Table("templates", "scoring", "fusion", "FNIR@FPIR 1%", "@0.1%", "rank-1")
+        for r in report.techniques:
+            k = "" if r["method"] in ("none", "s-norm") else f" top {r['top_k']}"
+            techniques.add_row(
+                str(r["templates"]),
+                r["method"] + k,
+                r["fusion"],
+                _rate(r["fnir_fpir_1pct"]),
+                _rate(r["fnir_fpir_01pct"]),
+                _rate(r["rank1"]),
+            )
+        out.print(techniques)
+    for calibration in report.calibrations:
+        out.print(f"calibration of normalised scores saved for {calibration['model']}")
     out.print(f"results and charts written to {out_dir}")
 
 

@@ -62,20 +62,45 @@ class OpenSetSplit:
         return len(self.probes) - self.mated
 
 
-def open_set_split(people: dict[str, list[str]]) -> OpenSetSplit:
+def open_set_split(people: dict[str, list[str]], templates: int = 1) -> OpenSetSplit:
+    """`templates`: enrol up to this many images of each person (their first ones), always
+    leaving at least one as a mated probe; 1 is the standard protocol, more measures the
+    fusion of a subject's templates."""
+    if templates < 1:
+        raise InvalidInputError("a subject needs at least one template")
     gallery, gallery_labels, mated, mated_labels, others, other_labels = [], [], [], [], [], []
     for person, images in people.items():
         if len(images) >= 2:
-            gallery.append(images[0])
-            gallery_labels.append(person)
-            mated += images[1:]
-            mated_labels += [person] * (len(images) - 1)
+            enrolled = min(templates, len(images) - 1)
+            gallery += images[:enrolled]
+            gallery_labels += [person] * enrolled
+            mated += images[enrolled:]
+            mated_labels += [person] * (len(images) - enrolled)
         else:
             others += images
             other_labels += [person] * len(images)
     return OpenSetSplit(
         gallery, gallery_labels, mated + others, mated_labels + other_labels, len(mated)
     )
+
+
+def cohort_folds(split: OpenSetSplit, folds: int = 2) -> list[tuple[list[int], list[int]]]:
+    """Cross-cohort folds over the non-mated probes (people with one image): fold f keeps
+    every f-th of them (in name order, from f) as non-mated probes and uses all the others as
+    the cohort, so no cohort face is of a person in the gallery or among that fold's probes.
+    Returns per fold (cohort, non-mated probe) indices into `split.probes`. Pooling the folds'
+    outcomes scores every non-mated probe exactly once, and every mated probe once per fold."""
+    if folds < 2:
+        raise InvalidInputError("cross-cohort evaluation needs at least two folds")
+    non_mated = list(range(split.mated, len(split.probes)))
+    if len(non_mated) < folds:
+        raise InvalidInputError("too few people with a single image to form a cohort")
+    out = []
+    for f in range(folds):
+        probes = non_mated[f::folds]
+        kept = set(probes)
+        out.append(([i for i in non_mated if i not in kept], probes))
+    return out
 
 
 # --------------------------------------------------------------------------- group labels

@@ -32,6 +32,7 @@ from facetrail.evaluation.protocols import (
     read_group_labels,
 )
 from facetrail.files import write_atomic
+from facetrail.vision.calibration import Calibration
 from facetrail.vision.pipeline import FaceAnalyzer
 
 Progress = Callable[[int], None]
@@ -54,6 +55,11 @@ class IdentifyReport:
     det: dict
     descriptors: dict
     files: dict[str, str] = field(default_factory=dict)
+    # `--compare` (issue 10): every score technique, cross-cohort (evaluation.techniques).
+    techniques: list[dict] = field(default_factory=list)
+    cohort_folds: int | None = None
+    # `--calibrate`: the calibrations of normalised scores fitted here (their summaries).
+    calibrations: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,9 +103,14 @@ def run_identify(
     *,
     limit: int | None = None,
     scorer: Scorer = best_template_cosine,
+    compare: bool = False,
+    folds: int = 2,
+    calibrate: Callable[[Calibration], None] | None = None,
     progress: Progress | None = None,
     on_total: Progress | None = None,
 ) -> IdentifyReport:
+    """`calibrate`: also fit the calibrations of normalised scores (`techniques.
+    normalised_calibration`) and hand each to this callback (which saves it)."""
     people = list_identities(root, limit)
     split = open_set_split(people)
     if not split.gallery:
@@ -131,6 +142,29 @@ def run_identify(
         "det": out / "identify_det.png",
     }
     report.files = {k: str(v) for k, v in files.items()}
+    by_name = dict(zip(names, vectors, strict=True))
+    if calibrate is not None:
+        from facetrail.evaluation.techniques import normalised_calibration
+
+        for method in ("as-norm", "as-norm+cosine"):
+            calibration = normalised_calibration(
+                people,
+                by_name,
+                model=analyzer.model_id,
+                source=f"{root.name}: pairs of people with 2+ images, cohort: people with one",
+                method=method,  # type: ignore[arg-type]
+            )
+            calibrate(calibration)
+            report.calibrations.append(calibration.summary())
+    if compare:
+        from facetrail.evaluation.techniques import compare_techniques, table
+
+        results = compare_techniques(people, by_name, folds=folds)
+        report.techniques = [r.to_dict() for r in results]
+        report.cohort_folds = folds
+        files["techniques"] = out / "identify_techniques.md"
+        report.files["techniques"] = str(files["techniques"])
+        write_atomic(files["techniques"], (table(results) + "\n").encode())
     marks = [
         (p["fpir"], p["fnir"], f"FPIR {p['target_fpir']:g}")
         for p in report.fnir_at_fpir

@@ -25,7 +25,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from facetrail.errors import MediaError
 
-__all__ = ["IMAGE_SUFFIXES", "LoadedImage", "load_image"]
+__all__ = ["IMAGE_SUFFIXES", "LoadedImage", "load_image", "read_image_file"]
 
 # Only these decoders ever see untrusted bytes. Pillow knows many more formats, some of which
 # hand the data to outside programs (EPS runs Ghostscript) or to little-used parsers; a probe
@@ -133,6 +133,13 @@ def load_image(
         orientation=orientation,
         frames=frames,
     )
+
+
+def read_image_file(path: str | os.PathLike[str], *, max_bytes: int = 200 * _MIB) -> bytes:
+    """The bytes of an image file, undecoded, with `load_image`'s checks and messages (for
+    a process that ships files to be decoded elsewhere)."""
+    text = os.fsdecode(os.fspath(path))
+    return _read_file(text, _printable(os.path.basename(text.rstrip("/\\")) or text), max_bytes)
 
 
 def _read_file(path: str, name: str, max_bytes: int) -> bytes:

@@ -33,6 +33,7 @@ class Op(StrEnum):
     ENROL = "gallery.enrol"
     GALLERY_READ = "gallery.read"  # list subjects, show one
     ERASE = "gallery.erase"
+    EXPORT = "gallery.export"  # write every template of a model to a file (a migration)
     RENEW = "subject.renew"  # keep a subject past its review date
     CASE_OPEN = "case.open"
     CASE_READ = "case.read"  # investigators: only cases they are members of
@@ -53,6 +54,8 @@ class Op(StrEnum):
     LIVE_DEPLOY = "live.deploy"  # start and stop a live deployment on an authorised watchlist
     LIVE_READ = "live.read"  # see deployments, their alerts and the transparency report
     ALERT_REVIEW = "alert.review"  # mark a live alert confirmed or false, with the action
+    CASE_REPORT = "case.report"  # a case's report: inputs, candidates' crops, decisions, audit
+    TRANSPARENCY = "report.transparency"  # a period's aggregate figures, for publication
 
 
 ADM, AUT, INV, OPS, AUD = (
@@ -70,6 +73,9 @@ PERMISSIONS: dict[Op, frozenset[Role]] = {
     Op.ENROL: frozenset({ADM}),
     Op.GALLERY_READ: frozenset({ADM, AUT, INV, OPS, AUD}),
     Op.ERASE: frozenset({ADM}),
+    # The whole gallery's biometric templates leave the system: the administrator who could
+    # enrol them, no one else; audited with counts and the file's hash.
+    Op.EXPORT: frozenset({ADM}),
     Op.RENEW: frozenset({AUT}),
     Op.CASE_OPEN: frozenset({AUT, INV}),
     Op.CASE_READ: frozenset({AUT, INV, AUD}),
@@ -92,6 +98,11 @@ PERMISSIONS: dict[Op, frozenset[Role]] = {
     Op.LIVE_DEPLOY: frozenset({AUT, OPS}),
     Op.LIVE_READ: frozenset({AUT, OPS, AUD}),
     Op.ALERT_REVIEW: frozenset({AUT, OPS}),
+    # A case report is the case file for disclosure: whoever may read the case (investigators
+    # only their own) may have it, the case's own audit events included.
+    Op.CASE_REPORT: frozenset({AUT, INV, AUD}),
+    # Aggregate figures, no names or faces: for those who answer for the system's use.
+    Op.TRANSPARENCY: frozenset({ADM, AUT, AUD}),
 }
 
 # Roles that see every case; the others see the cases they are members of.

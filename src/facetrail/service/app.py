@@ -15,9 +15,9 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -37,10 +37,12 @@ from facetrail.service import (
     accounts,
     cases,
     clustering,
+    cohort,
     live,
     retention,
     review,
     sheets,
+    transfer,
     watchlists,
 )
 from facetrail.service import enrol as enrolment
@@ -74,10 +76,21 @@ from facetrail.store import (
     SubjectSummary,
 )
 from facetrail.store.models import Subject, utcnow
-from facetrail.vision.calibration import Calibration, calibration_file, find_calibration
-from facetrail.vision.detector import HogDetector
+from facetrail.vision.calibration import (
+    Calibration,
+    calibration_file,
+    find_calibration,
+    normalised_model,
+)
+from facetrail.vision.descriptor import DescriptorModel
+from facetrail.vision.detector import DetectorKind, build_detector
 from facetrail.vision.pipeline import FaceAnalyzer
 from facetrail.vision.tracker import TrackerConfig
+
+if TYPE_CHECKING:  # the reports load Jinja: only when one is asked for
+    from facetrail.evaluation.calibrate import CalibrationRun
+    from facetrail.reports.case import CaseReport
+    from facetrail.reports.transparency import TransparencyReport
 
 RETENTION_ACTIONS = ("retention.purge", "retention.erase", "retention.alerts", "retention.run")
 
@@ -113,16 +126,22 @@ class _Shared:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = Store.open(
-            settings.data, settings.database(), key=settings.encryption_key_bytes()
+            settings.data,
+            settings.database(),
+            key=settings.encryption_key_bytes(),
+            index=settings.index_config(),
         )
         self._lock = threading.Lock()
         self._analyzer: FaceAnalyzer | None = None
         self._video_analyzer: FaceAnalyzer | None = None
+        self._live_analyzer: FaceAnalyzer | None = None
         # Live deployments run by this process: id -> (runner, its thread or None).
         self.live: dict[int, tuple[live.LiveRunner, threading.Thread | None]] = {}
         self.live_lock = threading.Lock()
         self.hub = EventHub()
         self.webhook: WebhookSender | None = None
+        # Templates' cohort statistics for AS-norm, kept current with the store (issue 10).
+        self.cohort_stats = cohort.GalleryStats()
 
     @property
     def analyzer(self) -> FaceAnalyzer:
@@ -133,15 +152,33 @@ class _Shared:
 
     @property
     def video_analyzer(self) -> FaceAnalyzer:
-        """The same models behind the video detector: its own smallest face and pixel
-        budget per frame, grey HOG."""
-        descriptor = self.analyzer.descriptor
+        """The same descriptor behind the retrospective video detector (the CNN on a GPU,
+        HOG on a CPU, unless configured): its own smallest face and pixel budget per frame."""
         with self._lock:
             if self._video_analyzer is None:
-                s = self.settings
-                detector = HogDetector(s.video_min_face, s.video_detect_pixels, grey=True)
-                self._video_analyzer = FaceAnalyzer(s, detector=detector, descriptor=descriptor)
+                self._video_analyzer = self._frames_analyzer(self.settings.video_detector_kind())
             return self._video_analyzer
+
+    @property
+    def live_analyzer(self) -> FaceAnalyzer:
+        """The same for live streams, whose detector (HOG by default) keeps alerts fast."""
+        with self._lock:
+            if self._live_analyzer is None:
+                self._live_analyzer = self._frames_analyzer(self.settings.live_detector)
+            return self._live_analyzer
+
+    def _frames_analyzer(self, kind: DetectorKind) -> FaceAnalyzer:
+        s = self.settings
+        detector = build_detector(
+            kind, s.video_min_face, s.video_detect_pixels, grey=True, providers=s.providers
+        )
+        return FaceAnalyzer(s, detector=detector, descriptor=self._descriptor())
+
+    def _descriptor(self) -> DescriptorModel:
+        # Called under self._lock: build the still-image analyzer's descriptor once and share it.
+        if self._analyzer is None:
+            self._analyzer = FaceAnalyzer(self.settings)
+        return self._analyzer.descriptor
 
 
 class Facetrail(LiveDesk):
@@ -394,7 +431,10 @@ class Facetrail(LiveDesk):
         manifest: str | Path | None = None,
         progress: Callable[[EnrolItemResult], None] | None = None,
         on_total: Callable[[int], None] | None = None,
+        ray: str | None = None,
     ) -> EnrolReport:
+        """Enrol reference images; `ray`: the address of a Ray cluster that analyses them
+        (this process still writes every result, see `service.distributed`)."""
         caller = self._need(Op.ENROL)
         items = enrolment.expand_paths([Path(p) for p in paths], subject)
         if manifest is not None:
@@ -403,6 +443,20 @@ class Facetrail(LiveDesk):
             raise InvalidInputError("nothing to enrol: no image files in the given paths")
         if on_total:
             on_total(len(items))
+        executor = {"executor": "ray"} if ray is not None else {}
+
+        def audit(action: str, ids: list[int], details: dict) -> AuditRecord:
+            details = {**details, **executor}
+            return AuditRecord(caller.name, action, "image", ids, None, details, caller.role.value)
+
+        if ray is not None:
+            from facetrail.service import distributed
+
+            cluster = distributed.connect(ray)
+            model = self.analyzer.model_id  # the driver's model names the templates
+            return distributed.enrol(
+                cluster, self.store, self.settings, model, items, audit=audit, progress=progress
+            )
         return enrolment.enrol(
             self.store,
             self.analyzer,
@@ -410,11 +464,37 @@ class Facetrail(LiveDesk):
             max_pixels=self.settings.max_image_pixels,
             max_bytes=self.settings.max_file_bytes,
             min_quality=self.settings.min_quality,
-            audit=lambda action, ids, details: AuditRecord(
-                caller.name, action, "image", ids, None, details, caller.role.value
-            ),
+            audit=audit,
             progress=progress,
         )
+
+    def export_templates(
+        self, path: str | Path, *, model: str | None = None, reason: str | None = None
+    ) -> transfer.TransferReport:
+        """Write every template of `model` (default: the configured one) to a file, for
+        migration to another system; see `service.transfer` for the format."""
+        caller = self._need(Op.EXPORT)
+        model = model or self.analyzer.model_id
+
+        def audit(s: Session, ids: list[int], details: dict) -> None:
+            self._audit(s, caller, "templates.export", "subject", ids, reason=reason, **details)
+
+        return transfer.export_templates(self.store, Path(path), model, audit)
+
+    def import_templates(
+        self, path: str | Path, *, model: str | None = None, reason: str | None = None
+    ) -> transfer.TransferReport:
+        """Add the templates of a file made elsewhere (a migration), all or none. They must
+        be of the configured model, unless `model` says on purpose which model they are."""
+        caller = self._need(Op.ENROL)
+        configured = self.analyzer
+        model = model or configured.model_id
+        dim = configured.descriptor.dim if model == configured.model_id else None
+
+        def audit(s: Session, ids: list[int], details: dict) -> None:
+            self._audit(s, caller, "templates.import", "subject", ids, reason=reason, **details)
+
+        return transfer.import_templates(self.store, Path(path), model, dim, audit)
 
     def subjects(self) -> list[SubjectSummary]:
         self._need(Op.GALLERY_READ)
@@ -646,6 +726,88 @@ class Facetrail(LiveDesk):
         target = self.settings.target_fmr
         return searching.Scoring(calibration.threshold_for(target), target, calibration)
 
+    def search_scoring(self, threshold: float | None = None) -> searching.Scoring:
+        """The scoring of a 1:N search: normalised against the cohort when configured
+        (`score_normalisation`), no explicit threshold is set (a threshold is a cosine), no
+        explicit policy floor is set (nor is that), the model's cohort has at least
+        `cohort_top_k` faces and a calibration of such scores exists; else `scoring()`."""
+        plain = self.scoring(threshold)
+        s = self.settings
+        if s.score_normalisation == "none" or threshold is not None or s.threshold is not None:
+            return plain
+        if self._policy().threshold_floor is not None:
+            return plain
+        model = self.analyzer.model_id
+        calibration = find_calibration(
+            normalised_model(model, s.score_normalisation), self.calibration_dir
+        )
+        if calibration is None:
+            return plain
+        normaliser = self._shared.cohort_stats.normaliser(
+            self.store, model, s.cohort_top_k, s.score_normalisation
+        )
+        if normaliser is None:
+            return plain
+        return searching.Scoring(
+            calibration.threshold_for(s.target_fmr), s.target_fmr, calibration, normaliser
+        )
+
+    # -- cohort (issue 10) -----------------------------------------------------------------
+    def build_cohort(
+        self,
+        folder: str | Path,
+        *,
+        source: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
+    ) -> cohort.CohortBuildReport:
+        """Add the face of every image under `folder` to the cohort (people who are not
+        subjects); `source` names them for listing and erasure (default: the folder name)."""
+        caller = self._need(Op.ENROL)
+        path = Path(folder)
+        name = cohort.check_source(source if source is not None else path.resolve().name)
+
+        def audit(s: Session, added: int) -> None:
+            self._audit(s, caller, "cohort.build", "cohort", [name], added=added, folder=str(path))
+
+        if on_total:
+            on_total(len(cohort.images_in(path)))
+        return cohort.build(
+            self.store,
+            self.analyzer,
+            path,
+            source=name,
+            created_by=caller.name,
+            max_pixels=self.settings.max_image_pixels,
+            max_bytes=self.settings.max_file_bytes,
+            min_quality=self.settings.min_quality,
+            on_write=audit,
+            progress=progress,
+        )
+
+    def cohort_sources(self) -> list[cohort.CohortSource]:
+        self._need(Op.GALLERY_READ)
+        with self._read() as s:
+            return cohort.sources(s)
+
+    def cohort_source(self, source: str) -> list[cohort.CohortSource]:
+        self._need(Op.GALLERY_READ)
+        with self._read() as s:
+            return cohort.source(s, source)
+
+    def erase_cohort(
+        self, source: str | None = None, *, reason: str | None = None
+    ) -> cohort.CohortErasure:
+        """Erase the cohort faces of `source` (None: the whole cohort); audited."""
+        caller = self._need(Op.ERASE)
+        with self._write() as s:
+            faces, names = cohort.erase(s, source)
+            self._audit(s, caller, "cohort.erase", "cohort", names, reason=reason, faces=faces)
+        # As after a subject's erasure: the freed pages are zeroed (secure_delete) and the
+        # WAL's copies of them truncated away.
+        checkpointed = self.store._checkpoint()
+        return cohort.CohortErasure(source, faces, names, checkpointed)
+
     def _video_options(
         self, scoring: searching.Scoring, progress: VideoProgress | None
     ) -> VideoOptions:
@@ -787,24 +949,45 @@ class Facetrail(LiveDesk):
         video_progress: VideoProgress | None = None,
         out: str | Path | None = None,
         names: Mapping[str, str] | None = None,
+        ray: str | None = None,
     ) -> SearchReport:
         """Search each probe's faces (images) and appearances (videos) in a case, against an
         authorised watchlist or (with an approval) the whole gallery; the search, its kept
         faces and candidates are stored for review, faces that matched nothing are not.
         `out`: also write each kept face's best shot and a contact sheet there. `names`:
         what to call a probe in the report and the stored search instead of its path (the
-        name a file was uploaded under, say)."""
+        name a file was uploaded under, say). `ray`: the address of a Ray cluster that
+        tracks the videos, one task per video (images are searched here)."""
         caller = self._need(Op.SEARCH)
         k = top_k or self.settings.top_k
         if k < 1:
             raise InvalidInputError("top-k must be at least 1")
-        scoring = self.scoring(threshold)
+        scoring = self.search_scoring(threshold)
         with self._read() as s:
             found = cases.get_case(s, caller, case, need_open=True)
             _, subjects, _ = self._allowed_scope(
                 s, caller, found, scoring, watchlist, include_below
             )
             keep = self._policy(s).keep_unmatched_probe_faces
+        # Tracking links faces by cosine similarity: the plain calibration's thresholds.
+        video_options = self._video_options(self.scoring(threshold), video_progress)
+        remote_videos = None
+        if ray is not None:
+            from facetrail.service import distributed
+
+            cluster = distributed.connect(ray)
+
+            def remote_videos(videos, rank):  # type: ignore[no-untyped-def]
+                return distributed.search_videos(
+                    cluster,
+                    self.settings,
+                    self.analyzer.model_id,
+                    videos,
+                    rank=rank,
+                    tracker=video_options.tracker,
+                    keep_all=keep,
+                )
+
         report, evidence = searching.search(
             self.store,
             self.analyzer,
@@ -815,9 +998,10 @@ class Facetrail(LiveDesk):
             max_pixels=self.settings.max_image_pixels,
             max_bytes=self.settings.max_file_bytes,
             subjects=subjects,
-            video=self._video_options(scoring, video_progress),
+            video=video_options,
             keep_all=keep,
             progress=progress,
+            remote_videos=remote_videos,
         )
         if names:
             probes = [
@@ -855,6 +1039,7 @@ class Facetrail(LiveDesk):
                 probes=[p.sha256 for p in stored.probes],
                 model=stored.model,
                 threshold=stored.threshold,
+                scoring=stored.scoring,
                 faces=sum(len(p.faces) for p in stored.probes),
                 candidates=sum(len(f.candidates) for p in stored.probes for f in p.faces),
                 unmatched_faces_deleted=stored.unmatched_faces_deleted,
@@ -1033,6 +1218,57 @@ class Facetrail(LiveDesk):
             _, case, search = review.get_candidate(s, caller, candidate_id)
             return next(c for c in review.view(s, search, case).candidates if c.id == candidate_id)
 
+    # -- reports ---------------------------------------------------------------------------
+    def case_report(self, reference: str) -> CaseReport:
+        """Everything done in a case, for its file (reports/case.py): inputs with their
+        SHA-256, parameters, candidates with their face crops, decisions, and the case's audit
+        events. It shows probe faces, so making it is audited in the case, naming them."""
+        from facetrail.reports.case import collect
+
+        caller = self._need(Op.CASE_REPORT)
+        with self._write() as s:
+            found = cases.get_case(s, caller, reference)
+            report = collect(s, found, utcnow(), caller.name)
+            shown = [c.id for x in report.searches for c in x.candidates]
+            self._audit(
+                s,
+                caller,
+                "report.case",
+                "candidate",
+                shown,
+                case=found.reference,
+                searches=report.totals.searches,
+                audit_events=report.totals.audit_events,
+            )
+        crops: dict[int, bytes] = {}
+        for search in report.searches:
+            for c in search.candidates:
+                if c.face_sha256 is not None:
+                    try:
+                        crops[c.id] = self.store.blobs.get(c.face_sha256)
+                    except (FacetrailError, OSError):
+                        continue  # the page says "—"; the JSON still names the crop's hash
+        return dataclasses.replace(report, crops=crops)
+
+    def transparency_report(self, start: date, end: date) -> TransparencyReport:
+        """A period's figures (whole UTC days, `end` included) for publication: searches,
+        faces, reviews; live deployments, alerts and false alert rates (reports/transparency)."""
+        from facetrail.reports.transparency import collect
+
+        caller = self._need(Op.TRANSPARENCY)
+        with self._write() as s:
+            report = collect(s, start, end, utcnow(), caller.name)
+            self._audit(
+                s,
+                caller,
+                "report.transparency",
+                None,
+                [],
+                start=report.start.isoformat(),
+                end=report.end.isoformat(),
+            )
+        return report
+
     # -- audit -----------------------------------------------------------------------------
     def verify_audit(self) -> ChainReport:
         self._need(Op.AUDIT)
@@ -1169,15 +1405,35 @@ class Facetrail(LiveDesk):
         out: str | Path,
         *,
         limit: int | None = None,
+        compare: bool = False,
+        folds: int = 2,
+        calibrate: bool = False,
         progress: Callable[[int], None] | None = None,
         on_total: Callable[[int], None] | None = None,
     ) -> Any:
-        """Open-set 1:N evaluation of a folder of identities; results and charts in `out`."""
-        self._need(Op.EVALUATE)
+        """Open-set 1:N evaluation of a folder of identities; results and charts in `out`.
+        `compare`: also every score technique of issue 10 (cohort normalisation, template
+        fusion), with a cohort drawn from the folder's single-image people in `folds`.
+        `calibrate`: save the calibration of AS-norm scores measured there (a policy change,
+        as `eval lfw --calibrate` is)."""
+        caller = self._need(Op.POLICY_CHANGE if calibrate else Op.EVALUATE)
         from facetrail.evaluation.runs import run_identify  # matplotlib: only when asked
 
+        def save(calibration: Calibration) -> None:
+            path = self.save_calibration(calibration)
+            with self._write() as s:
+                self._audit(s, caller, "calibrate", "model", [calibration.model], file=path.name)
+
         return run_identify(
-            Path(root), self.analyzer, Path(out), limit=limit, progress=progress, on_total=on_total
+            Path(root),
+            self.analyzer,
+            Path(out),
+            limit=limit,
+            compare=compare,
+            folds=folds,
+            calibrate=save if calibrate else None,
+            progress=progress,
+            on_total=on_total,
         )
 
     def eval_bias(
@@ -1219,6 +1475,74 @@ class Facetrail(LiveDesk):
             progress=progress,
             on_total=on_total,
         )
+
+    def calibrate(
+        self,
+        root: str | Path,
+        *,
+        labels: str | Path | None = None,
+        target_fmr: float | None = None,
+        limit: int | None = None,
+        cache: str | Path | None = None,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
+    ) -> CalibrationRun:
+        """Fit this model's calibration on the caller's own labelled faces (see
+        evaluation/calibrate.py) and, unless `dry_run`, save it for the data directory: from
+        then on every score shown carries a false match rate estimated on that population.
+        Saving moves every threshold derived from a target FMR: a policy change, audited;
+        refused where the data cannot measure an FMR the service asks for."""
+        caller = self._need(Op.EVALUATE if dry_run else Op.POLICY_CHANGE)
+        from facetrail.evaluation.calibrate import run_calibration
+
+        policy = self._policy()
+        # The FMRs the service asks a calibration for: the search threshold (unless one is
+        # configured), the policy's floor (unless set as a score), video tracking's 1e-4.
+        asked = [1e-4]
+        if self.settings.threshold is None:
+            asked.append(self.settings.target_fmr)
+        if policy.threshold_floor is None:
+            asked.append(policy.floor_fmr)
+        previous = find_calibration(self.analyzer.model_id, self.calibration_dir)
+        run, calibration = run_calibration(
+            Path(root),
+            self.analyzer,
+            labels=Path(labels) if labels is not None else None,
+            target_fmr=target_fmr if target_fmr is not None else self.settings.target_fmr,
+            required_fmr=min(asked),
+            limit=limit,
+            cache=Path(cache) if cache is not None else None,
+            progress=progress,
+            on_total=on_total,
+        )
+        run.previous = previous.summary() if previous is not None else None
+        run.dry_run = dry_run
+        if dry_run:
+            return run
+        if calibration is None or not run.usable:
+            raise PolicyError("calibration not saved: " + "; ".join(run.notes))
+        path = self.calibration_dir / calibration_file(calibration.model)
+        with self._write() as s:
+            # The event first, the file in the same transaction: a file that cannot be
+            # written rolls the event back, so the trail never claims a change not made.
+            self._audit(
+                s,
+                caller,
+                "calibrate",
+                "model",
+                [calibration.model],
+                file=path.name,
+                source=calibration.source,
+                impostor_comparisons=calibration.impostor_comparisons,
+                genuine_comparisons=calibration.genuine_comparisons,
+                target_fmr=run.target.target_fmr,
+                threshold=run.target.threshold,
+                previous=previous.source if previous is not None else None,
+            )
+            calibration.save(path)
+        run.saved = str(path)
+        return run
 
     def save_calibration(self, calibration: Calibration) -> Path:
         path = self.calibration_dir / calibration_file(calibration.model)

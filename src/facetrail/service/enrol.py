@@ -193,6 +193,17 @@ def enrol(
     return report
 
 
+@dataclass(frozen=True)
+class AnalysedReference:
+    """One reference image after analysis, wherever that ran (here, or on a Ray worker):
+    its file and usable face, or the reason it is skipped."""
+
+    item: EnrolItem
+    image: ImageRecord | None
+    face: FaceRecord | None
+    reason: str | None
+
+
 def _store_batch(
     store: Store,
     model: str,
@@ -200,26 +211,40 @@ def _store_batch(
     batch: list[Analysed[EnrolItem]],
     pngs: ThreadPoolExecutor,
 ) -> list[EnrolItemResult]:
+    ok = [r for r in batch if r.error is None]
+    faces = iter(list(pngs.map(_face_record, ok)))
+    analysed = [
+        AnalysedReference(r.item, None, None, reason_of(r.error))
+        if r.error is not None
+        else AnalysedReference(r.item, r.extra, next(faces), None)  # type: ignore[arg-type]
+        for r in batch
+    ]
+    return store_references(store, model, audit, analysed)
+
+
+def store_references(
+    store: Store, model: str, audit: AuditFactory, batch: list[AnalysedReference]
+) -> list[EnrolItemResult]:
     """Write a batch of analysed references in one transaction with bulk inserts (one commit,
     one fsync); a reference the store refuses (a contradicting reference number) is skipped
-    alone."""
-    ok = [r for r in batch if r.error is None]
-    faces = list(pngs.map(_face_record, ok))
+    alone. An image already enrolled for its subject comes back "duplicate" and changes
+    nothing, so writing the same batch twice enrols it once."""
+    ok = [r for r in batch if _usable(r)]
     requests = [
-        NewReference(r.item.subject, r.item.reference, r.extra, (face,))  # type: ignore[arg-type]
-        for r, face in zip(ok, faces, strict=True)
+        NewReference(r.item.subject, r.item.reference, r.image, (r.face,))  # type: ignore[arg-type]
+        for r in ok
     ]
     stored = _write_references(store, model, audit, requests) if requests else []
     added = iter(stored)
-    qualities = iter(faces)
     outcomes = []
     for result in batch:
         item = result.item
         where = (item.subject, str(item.path))
-        if result.error is not None:
-            outcomes.append(EnrolItemResult(*where, "skipped", reason_of(result.error)))
+        if not _usable(result):
+            outcomes.append(EnrolItemResult(*where, "skipped", result.reason or "no usable face"))
             continue
-        outcome, quality = next(added), round(next(qualities).quality, 4)
+        assert result.face is not None
+        outcome, quality = next(added), round(result.face.quality, 4)
         if isinstance(outcome, InvalidInputError):
             outcomes.append(EnrolItemResult(*where, "skipped", str(outcome)))
         elif outcome.duplicate:
@@ -228,6 +253,10 @@ def _store_batch(
         else:
             outcomes.append(EnrolItemResult(*where, "enrolled", None, quality))
     return outcomes
+
+
+def _usable(result: AnalysedReference) -> bool:
+    return result.reason is None and result.image is not None and result.face is not None
 
 
 def _write_references(
@@ -263,8 +292,13 @@ def _image_record(loaded: LoadedImage) -> ImageRecord:
 
 
 def _face_record(result: Analysed[EnrolItem]) -> FaceRecord:
-    face = result.faces
-    assert face is not None and face.descriptors is not None
+    assert result.faces is not None
+    return face_record(result.faces)
+
+
+def face_record(face: Faces) -> FaceRecord:
+    """The stored form of the one face of a reference (chip as PNG, unit descriptor)."""
+    assert face.descriptors is not None
     return FaceRecord(
         box=tuple(float(v) for v in face.boxes[0]),
         landmarks=[(float(x), float(y)) for x, y in face.landmarks[0]],

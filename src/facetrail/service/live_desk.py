@@ -161,7 +161,7 @@ class LiveDesk:
             run.source,
             rank,
             live.LiveOptions(
-                analyzer=video.analyzer,
+                analyzer=self._shared.live_analyzer,
                 tracker=video.tracker,
                 until=run.until,
                 pace=pace,
@@ -443,8 +443,11 @@ class LiveDesk:
             return live.deployment_info(s, self._get_deployment(s, deployment_id))
 
     def alerts(self, deployment_id: int) -> list[live.AlertInfo]:
-        """A deployment's alerts still kept (retention deletes them); viewing is audited."""
-        return self.alerts_since(0, deployment_id)
+        """A deployment's alerts still kept (retention deletes them); viewing is audited,
+        even when there is none to see."""
+        infos = self.alerts_since(0, deployment_id, audit=False)
+        self._audit_views(self._need(Op.LIVE_READ), [a.id for a in infos])
+        return infos
 
     def alerts_since(
         self, after: int, deployment_id: int | None = None, *, audit: bool = True

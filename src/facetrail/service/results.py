@@ -79,6 +79,8 @@ class SearchReport:
     scope: str | None = None  # "watchlist" or "gallery"
     watchlist: str | None = None
     unmatched_faces_deleted: int = 0
+    # "cosine", or "as-norm" when scores were normalised against the cohort (issue 10)
+    scoring: str = "cosine"
 
     def to_dict(self) -> dict:
         return asdict(self)

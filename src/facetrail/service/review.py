@@ -84,6 +84,7 @@ class SearchView:
     unmatched_faces_deleted: int
     purged_at: datetime | None
     candidates: list[CandidateView]
+    scoring: str = "cosine"  # what the scores and threshold are (issue 10)
 
 
 def persist(
@@ -109,6 +110,7 @@ def persist(
         model=report.model,
         threshold=report.threshold,
         top_k=report.top_k,
+        scoring=report.scoring,
         reason=reason,
     )
     s.add(row)
@@ -271,6 +273,7 @@ def view(s: Session, search: Search, case: Case) -> SearchView:
         faces=search.faces,
         unmatched_faces_deleted=search.unmatched_faces_deleted,
         purged_at=search.purged_at,
+        scoring=search.scoring,
         candidates=[
             CandidateView(
                 id=c.id,

@@ -17,8 +17,9 @@ import numpy as np
 
 from facetrail.errors import NoFaceError
 from facetrail.media import LoadedImage, load_image
+from facetrail.service.cohort import Normaliser
 from facetrail.service.enrol import reason_of
-from facetrail.service.footage import VideoOptions, is_video, search_video
+from facetrail.service.footage import Appearance, VideoOptions, is_video, search_video
 from facetrail.service.results import (
     Candidate,
     FaceResult,
@@ -32,6 +33,14 @@ from facetrail.vision.compare import normalise, similarity
 from facetrail.vision.faces import Faces
 from facetrail.vision.pipeline import FaceAnalyzer
 
+# Tracks videos elsewhere: given (input position, path) of each video and the ranking of
+# this search, yields (input position, probe result, kept appearances) as each finishes,
+# exactly what `search_video` returns for it.
+RemoteVideos = Callable[
+    [list[tuple[int, Path]], Callable[[np.ndarray], list[list[Candidate]]]],
+    Iterable[tuple[int, ProbeResult, list[Appearance]]],
+]
+
 
 @dataclass(frozen=True)
 class Scoring:
@@ -40,6 +49,13 @@ class Scoring:
     threshold: float
     target_fmr: float | None
     calibration: Calibration | None
+    # Cohort normalisation (issue 10): with one, scores are AS-norm scores (not cosines) and
+    # `calibration` is the one fitted on AS-norm scores, so FMRs keep their meaning.
+    normaliser: Normaliser | None = None
+
+    @property
+    def method(self) -> str:
+        return "cosine" if self.normaliser is None else f"{self.normaliser.method}"
 
     def fmr(self, scores: np.ndarray) -> np.ndarray | None:
         return None if self.calibration is None else self.calibration.fmr(scores)
@@ -134,6 +150,9 @@ def _probe(
     )
 
 
+NORMALISED_POOL = 32  # at least this many templates re-ranked by normalised score per probe
+
+
 def rank_candidates(
     store: Store,
     index: ExactIndex,
@@ -146,10 +165,20 @@ def rank_candidates(
     if len(descriptors) == 0 or len(index) == 0:
         return [[] for _ in range(len(descriptors))]
     queries = normalise(descriptors)
-    # Ask for more templates than subjects wanted, since a subject may hold several.
-    want = min(len(index), top_k * 4)
+    # Ask for more templates than subjects wanted, since a subject may hold several; with
+    # normalisation, that pool of the best raw scores (at least NORMALISED_POOL) is re-ranked
+    # by normalised score: on LFW (801 subjects, 4347 probes) the AS-norm top-1 within the
+    # raw top 20 was the AS-norm top-1 over the whole gallery for every probe, and a pool
+    # keeps the cost of a search that of the index (an approximate one included).
+    normaliser = scoring.normaliser
+    want = min(len(index), top_k * 4 if normaliser is None else max(top_k * 4, NORMALISED_POOL))
     while True:
         scores, ids = index.search(queries, want)
+        if normaliser is not None:
+            normed = normaliser.normalise(queries, scores.astype(np.float64), ids)
+            order = np.argsort(-normed, axis=1, kind="stable")
+            scores = np.take_along_axis(normed, order, axis=1)
+            ids = np.take_along_axis(ids, order, axis=1)
         subjects = store.template_subjects(ids)
         fewest = min(len(np.unique(row[row >= 0])) for row in subjects)
         if fewest >= top_k or want >= len(index):
@@ -204,9 +233,11 @@ def search(
     video: VideoOptions | None = None,
     keep_all: bool = False,
     progress: Callable[[ProbeResult], None] | None = None,
+    remote_videos: RemoteVideos | None = None,
 ) -> tuple[SearchReport, list[Evidence]]:
     """Search every face of each probe image, and every appearance in each probe video;
-    returns the report and, per probe in input order, its evidence."""
+    returns the report and, per probe in input order, its evidence. `remote_videos`: track
+    the videos elsewhere (a Ray cluster) instead of here; see `RemoteVideos`."""
     model = analyzer.model_id
     index = store.index(model) if subjects is None else _subset_index(store, model, subjects)
     paths = list(probes)
@@ -239,10 +270,15 @@ def search(
             )
         if progress:
             progress(found[i][0])
-    for i, path in enumerate(paths):
-        if i in found or video is None:
-            continue
-        probe, appearances = search_video(path, rank, video, keep_all=keep_all)
+    videos = [(i, path) for i, path in enumerate(paths) if i not in found and video is not None]
+    if remote_videos is not None and videos:
+        tracked: Iterable[tuple[int, ProbeResult, list[Appearance]]] = remote_videos(videos, rank)
+    else:
+        tracked = (
+            (i, *search_video(path, rank, video, keep_all=keep_all))  # type: ignore[arg-type]
+            for i, path in videos
+        )
+    for i, probe, appearances in tracked:
         frames = [a.frames for a in appearances]
         faces = exclusive_claims(
             [a.face for a in appearances],
@@ -267,6 +303,7 @@ def search(
         gallery_subjects=n_subjects,
         gallery_templates=n_templates,
         probes=results,
+        scoring=scoring.method,
     )
     return report, evidence
 

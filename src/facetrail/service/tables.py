@@ -20,6 +20,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     true,
 )
@@ -175,6 +176,8 @@ class Search(Base):
     model: Mapped[str] = mapped_column(String(100), nullable=False)
     threshold: Mapped[float] = mapped_column(Float, nullable=False)
     top_k: Mapped[int] = mapped_column(Integer, nullable=False)
+    # What the scores and threshold are: "cosine", or a cohort normalisation (issue 10).
+    scoring: Mapped[str] = mapped_column(String(32), nullable=False, server_default="cosine")
     reason: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
     probes: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
@@ -351,3 +354,22 @@ class Alert(Base):
 register_blob_column(ProbeMedia.sha256)
 register_blob_column(ProbeFace.chip_sha256)
 register_blob_column(Alert.best_shot_sha256)
+
+
+class CohortFace(Base):
+    """A face of someone who is not a subject, kept only as a descriptor to normalise search
+    scores against (issue 10; `service.cohort`). `vector` is sealed like a template when a
+    key is configured; the image itself is not kept, only its hash and where it came from."""
+
+    __tablename__ = "cohort_faces"
+    __table_args__ = (_AUTOINC,)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(100), nullable=False, index=True)
+    dim: Mapped[int] = mapped_column(Integer, nullable=False)
+    vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    source: Mapped[str] = mapped_column(String(255), nullable=False, index=True)
+    image_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    quality: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(100), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)

@@ -18,7 +18,9 @@ from facetrail.store.records import (
     NewReference,
     SubjectDetail,
     SubjectSummary,
+    TemplateImport,
     TemplateMatrix,
+    TemplateSet,
 )
 from facetrail.store.store import SQLITE_PRAGMAS, Store, alembic_config
 
@@ -38,7 +40,9 @@ __all__ = [
     "Store",
     "SubjectDetail",
     "SubjectSummary",
+    "TemplateImport",
     "TemplateIndex",
     "TemplateMatrix",
+    "TemplateSet",
     "alembic_config",
 ]

@@ -148,15 +148,16 @@ class Template(Base):
     """A stored descriptor: `dim` little-endian float32 values in `vector`.
 
     `subject_id` repeats what face -> image -> subject already says, so that the index can map
-    template ids to subjects from one table.
+    template ids to subjects from one table. An imported template (migrated from another
+    system) has no face here: `face_id` is None and `image_sha256` may name its source image.
     """
 
     __tablename__ = "templates"
     __table_args__ = (_TABLE_ARGS,)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    face_id: Mapped[int] = mapped_column(
-        Integer, ForeignKey("faces.id", ondelete="CASCADE"), nullable=False, index=True
+    face_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("faces.id", ondelete="CASCADE"), nullable=True, index=True
     )
     subject_id: Mapped[int] = mapped_column(
         Integer, ForeignKey("subjects.id", ondelete="CASCADE"), nullable=False, index=True
@@ -164,8 +165,9 @@ class Template(Base):
     model: Mapped[str] = mapped_column(String(100), nullable=False, index=True)
     dim: Mapped[int] = mapped_column(Integer, nullable=False)
     vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    image_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
-    face: Mapped[Face] = relationship(back_populates="templates")
+    face: Mapped[Face | None] = relationship(back_populates="templates")
 
 
 class StoreState(Base):

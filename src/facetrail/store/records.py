@@ -150,3 +150,35 @@ class TemplateMatrix:
 
     def __len__(self) -> int:
         return int(self.template_ids.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class TemplateSet:
+    """Templates of one model with whom they belong to, as bulk import and export move them
+    (a migration from or to another system). Row i of `vectors` (float32, unit length) is a
+    template of subject `subjects[i]`, whose reference number is `references[i]`, described
+    from the image whose sha256 is `image_sha256[i]` (None where unknown)."""
+
+    model: str
+    subjects: tuple[str, ...]
+    references: tuple[str | None, ...]
+    image_sha256: tuple[str | None, ...]
+    vectors: np.ndarray = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateImport:
+    """What `Store.import_templates` did: templates `added` (ids in `template_ids`), exact
+    copies of templates the subject already had (or of an earlier row) skipped as
+    `duplicates`, the subjects the set names (`subject_ids`) and how many were new."""
+
+    model: str
+    added: int
+    duplicates: int
+    subject_ids: tuple[int, ...]
+    created_subjects: int
+    template_ids: tuple[int, ...]
+    generation: int

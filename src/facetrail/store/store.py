@@ -52,9 +52,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from facetrail.errors import InvalidInputError, NotFoundError, StoreError
 from facetrail.store import audit
 from facetrail.store.audit import AuditRecord, ChainReport
+from facetrail.store.backends import IndexConfig, build_index, erase_elsewhere, open_index
 from facetrail.store.blobs import BlobStore, check_sha256
 from facetrail.store.crypto import KEY_HINT, OVERHEAD, Cipher, check_key, not_configured
-from facetrail.store.index import ExactIndex
+from facetrail.store.index import ExactIndex, TemplateIndex
 from facetrail.store.models import (
     GENERATION_KEY,
     Face,
@@ -74,7 +75,9 @@ from facetrail.store.records import (
     NewReference,
     SubjectDetail,
     SubjectSummary,
+    TemplateImport,
     TemplateMatrix,
+    TemplateSet,
 )
 
 try:  # POSIX
@@ -317,17 +320,25 @@ def _to_le_bytes(vector: np.ndarray) -> bytes:
 @dataclass(slots=True)
 class _CachedIndex:
     generation: int
-    index: ExactIndex
+    index: TemplateIndex
 
 
 class Store:
     """A handle on one data directory; see the module docstring. Use `Store.open`."""
 
-    def __init__(self, data_dir: Path, engine: Engine, *, key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        engine: Engine,
+        *,
+        key: bytes | None = None,
+        index: IndexConfig | None = None,
+    ) -> None:
         """Wrap an engine whose schema is already migrated (use `open` instead).
 
         With a 32-byte `key`, blobs and templates are written sealed (AES-256-GCM) and sealed
         ones are opened on read; plain ones from before a key was set stay readable.
+        `index` selects the template index backend (default: exact, in memory).
         """
         self.data_dir = data_dir
         self._cipher = Cipher(key) if key is not None else None
@@ -346,12 +357,20 @@ class Store:
         self._read_sessions = sessionmaker(bind=reads, expire_on_commit=False)
         self._index_lock = threading.Lock()
         self._indexes: dict[str, _CachedIndex] = {}
+        self.index_config = index or IndexConfig()
         self._local = threading.local()
 
     # ----------------------------------------------------------------- lifecycle
 
     @classmethod
-    def open(cls, data_dir: Path, url: str | None = None, *, key: bytes | None = None) -> Store:
+    def open(
+        cls,
+        data_dir: Path,
+        url: str | None = None,
+        *,
+        key: bytes | None = None,
+        index: IndexConfig | None = None,
+    ) -> Store:
         """Open (creating and migrating if needed) the store in `data_dir`.
 
         `url` selects another database (PostgreSQL: `postgresql://user:password@host/db`,
@@ -359,7 +378,7 @@ class Store:
         exclusive file lock (and on PostgreSQL an advisory lock, for processes on other
         machines) so that two processes opening a new store at once do not both try to
         create the schema. `key` is the encryption key at rest (see `__init__`), checked
-        before anything is created.
+        before anything is created; `index` the template index backend.
         """
         if key is not None:
             key = check_key(key)
@@ -398,7 +417,7 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
-        return cls(data_dir, engine, key=key)
+        return cls(data_dir, engine, key=key, index=index)
 
     @staticmethod
     def _check_encryption(engine: Engine, key: bytes | None) -> None:
@@ -1197,6 +1216,186 @@ class Store:
             ).one()
         return int(row[0]), int(row[1])
 
+    # ----------------------------------------------------------------- bulk transfer
+
+    def import_templates(
+        self, templates: TemplateSet, *, session: Session | None = None
+    ) -> TemplateImport:
+        """Add templates computed elsewhere (a migration from another system), all or none.
+
+        Each row becomes a template of its subject with no face here (`face_id` None),
+        keeping the source image's sha256 when given. Subjects are found or created by name;
+        a reference number is set where the subject has none. Any bad row (a name or
+        reference the store refuses, a reference contradicting the subject's, a length
+        unlike the model's templates, a value that is not finite) refuses the whole set with
+        InvalidInputError before anything is written. A row equal, bit for bit, to a template
+        its subject already has for this model (or to an earlier row) is skipped as a
+        duplicate, so importing the same file twice adds it once.
+        """
+        model = _check_text(templates.model, "model", _MAX_MODEL)
+        vectors = templates.vectors
+        n = len(templates)
+        if not isinstance(vectors, np.ndarray) or vectors.ndim != 2 or vectors.shape[0] != n:
+            raise InvalidInputError("templates must be a 2-d array, one row per subject entry")
+        if len(templates.references) != n or len(templates.image_sha256) != n:
+            raise InvalidInputError("every template needs its subject, reference and image")
+        if vectors.dtype != np.float32 or vectors.shape[1] == 0:
+            raise InvalidInputError("templates must be non-empty float32 rows")
+        if not np.isfinite(vectors).all():
+            raise InvalidInputError("templates must be finite")
+        wanted: dict[str, str | None] = {}
+        for i, (name, ref, sha) in enumerate(
+            zip(templates.subjects, templates.references, templates.image_sha256, strict=True)
+        ):
+            where = f"row {i}"
+            _check_text(name, f"{where}: subject name", _MAX_NAME)
+            if ref is not None:
+                _check_text(ref, f"{where}: reference number", _MAX_REFERENCE)
+            if sha is not None:
+                check_sha256(sha)
+            known = wanted.get(name)
+            if ref and known and known != ref:
+                raise InvalidInputError(f"{where}: subject {name!r} has two reference numbers")
+            wanted[name] = known or ref
+        dim = int(vectors.shape[1])
+        rows = np.ascontiguousarray(vectors, dtype="<f4")
+
+        with self._write(session) as s:
+            model_dim = s.scalar(select(Template.dim).where(Template.model == model).limit(1))
+            if model_dim is not None and int(model_dim) != dim:
+                raise InvalidInputError(
+                    f"model {model!r} has {model_dim}-d templates here, not {dim}-d"
+                )
+            subjects = self._subjects_by_name(s, set(wanted))
+            for name, ref in wanted.items():
+                known = subjects.get(name)
+                if known is not None and ref and known[1] and known[1] != ref:
+                    raise InvalidInputError(
+                        f"subject {name!r} already has a different reference number"
+                    )
+            new = [name for name in wanted if name not in subjects]
+            ids = _insert_ids(
+                s,
+                Subject,
+                [{"name": n, "reference": wanted[n], "created_at": utcnow()} for n in new],
+            )
+            subjects.update((name, (sid, wanted[name])) for name, sid in zip(new, ids, strict=True))
+            for name, ref in wanted.items():
+                sid, stored_ref = subjects[name]
+                if ref and stored_ref is None:
+                    s.execute(update(Subject).where(Subject.id == sid).values(reference=ref))
+
+            # What each subject already holds of this model, to skip exact copies.
+            held = self._template_bytes(s, model, dim, {subjects[n][0] for n in wanted})
+            fresh: list[int] = []
+            duplicates = 0
+            for i, name in enumerate(templates.subjects):
+                key = (subjects[name][0], rows[i].tobytes())
+                if key in held:
+                    duplicates += 1
+                else:
+                    held.add(key)
+                    fresh.append(i)
+            template_ids = _insert_ids(
+                s,
+                Template,
+                [
+                    {
+                        "face_id": None,
+                        "subject_id": subjects[templates.subjects[i]][0],
+                        "model": model,
+                        "dim": dim,
+                        "vector": self._seal_template(rows[i].tobytes(), model),
+                        "image_sha256": templates.image_sha256[i],
+                    }
+                    for i in fresh
+                ],
+            )
+            if template_ids:
+                old, generation = self._bump_generation(s)
+                added = (np.asarray(template_ids, dtype=np.int64), rows[fresh].copy())
+                self._after_commit(
+                    s, lambda: self._index_changed(old, generation, model, added, None)
+                )
+            else:
+                generation = self._read_generation(s)
+        return TemplateImport(
+            model=model,
+            added=len(template_ids),
+            duplicates=duplicates,
+            subject_ids=tuple(sorted({subjects[n][0] for n in wanted})),
+            created_subjects=len(new),
+            template_ids=tuple(template_ids),
+            generation=generation,
+        )
+
+    def _template_bytes(
+        self, s: Session, model: str, dim: int, subject_ids: set[int]
+    ) -> set[tuple[int, bytes]]:
+        """(subject id, plain little-endian bytes) of the subjects' templates of `model`."""
+        found: set[tuple[int, bytes]] = set()
+        wanted = sorted(subject_ids)
+        for start in range(0, len(wanted), _IN_CHUNK):
+            rows = s.execute(
+                select(Template.id, Template.subject_id, Template.vector).where(
+                    Template.model == model,
+                    Template.subject_id.in_(wanted[start : start + _IN_CHUNK]),
+                )
+            ).all()
+            if not rows:
+                continue
+            plain = self._open_templates([r[2] for r in rows], model, dim, [r[0] for r in rows])
+            found.update((int(r[1]), bytes(v)) for r, v in zip(rows, plain, strict=True))
+        return found
+
+    def export_templates(self, model: str) -> tuple[TemplateSet, np.ndarray]:
+        """Every template of `model` with its subject, reference number and source image
+        (the enrolled image's sha256, or the one an import gave), in template id order;
+        returns the set and the template ids."""
+        with self.session(write=False) as s:
+            rows = s.execute(
+                select(
+                    Template.id,
+                    Subject.name,
+                    Subject.reference,
+                    func.coalesce(Image.sha256, Template.image_sha256),
+                )
+                .join(Subject, Subject.id == Template.subject_id)
+                .outerjoin(Face, Face.id == Template.face_id)
+                .outerjoin(Image, Image.id == Face.image_id)
+                .where(Template.model == model)
+                .order_by(Template.id)
+            ).all()
+            matrix = self._read_templates(s, model)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not np.array_equal(ids, matrix.template_ids):  # pragma: no cover - one snapshot
+            raise StoreError("templates changed while they were exported")
+        vectors = matrix.vectors if len(rows) else np.zeros((0, 0), np.float32)
+        return (
+            TemplateSet(
+                model=model,
+                subjects=tuple(str(r[1]) for r in rows),
+                references=tuple(r[2] for r in rows),
+                image_sha256=tuple(r[3] for r in rows),
+                vectors=vectors,
+            ),
+            ids,
+        )
+
+    def subject_ids(self, names: Iterable[str]) -> dict[str, int]:
+        """Ids of the named subjects; names no subject has are left out."""
+        with self.session(write=False) as s:
+            found = self._subjects_by_name(s, set(names))
+        return {name: sid for name, (sid, _) in found.items()}
+
+    def template_models(self) -> dict[str, int]:
+        """Each model that has templates here, with how many."""
+        with self.session(write=False) as s:
+            rows = s.execute(
+                select(Template.model, func.count(Template.id)).group_by(Template.model)
+            ).all()
+        return {str(m): int(n) for m, n in rows}
+
     # ----------------------------------------------------------------- audit
 
     def audit(self, record: AuditRecord, *, session: Session | None = None) -> int:
@@ -1220,13 +1419,16 @@ class Store:
 
     # ----------------------------------------------------------------- index
 
-    def index(self, model: str) -> ExactIndex:
+    def index(self, model: str) -> TemplateIndex:
         """The template index of `model`, current as of this call.
 
         Cached per model with the generation it reflects. This handle's own writes update the
-        cached index in place; a change by any other handle or process changes the
-        generation and makes this call rebuild from `templates(model)`.
+        cached index in place. With the exact backend, a change by any other handle or
+        process changes the generation and makes this call rebuild from `templates(model)`;
+        the persistent backends (`ann`, `milvus`) instead catch up with the difference.
         """
+        if self.index_config.kind != "exact":
+            return self._persistent_index(model)
         current = self.generation()
         with self._index_lock:
             cached = self._indexes.get(model)
@@ -1239,6 +1441,110 @@ class Store:
             self._indexes[model] = _CachedIndex(generation, idx)
             return idx
 
+    def _persistent_index(self, model: str) -> TemplateIndex:
+        """Open the model's ANN or Milvus index once, then bring it up to date with the
+        database on every generation change, adding and removing only the difference."""
+        current = self.generation()
+        with self._index_lock:
+            cached = self._indexes.get(model)
+            if cached is not None and cached.generation == current:
+                return cached.index
+            persist = self._cipher is None  # never write templates in the clear
+            with self.session(write=False) as s:
+                generation = self._read_generation(s)
+                idx = cached.index if cached is not None else None
+                if idx is None or isinstance(idx, ExactIndex):  # nothing yet, or a placeholder
+                    dim = s.scalar(select(Template.dim).where(Template.model == model).limit(1))
+                    if dim is None:  # no template of this model yet: nothing to persist
+                        idx = ExactIndex(0)
+                    else:
+                        idx = open_index(
+                            self.index_config, self.data_dir, model, int(dim), persist=persist
+                        )
+                        if len(idx) == 0:
+                            matrix = self._read_templates(s, model)
+                            idx = build_index(
+                                self.index_config,
+                                self.data_dir,
+                                model,
+                                matrix.template_ids,
+                                matrix.vectors,
+                                persist=persist,
+                            )
+                        else:
+                            self._catch_up(s, model, idx, full=True)
+                else:
+                    self._catch_up(s, model, idx, full=False)
+            if not isinstance(idx, ExactIndex):
+                generation = self._settle(model, idx, generation)
+            self._indexes[model] = _CachedIndex(generation, idx)
+            return idx
+
+    def _settle(self, model: str, idx: TemplateIndex, generation: int) -> int:
+        """Catch up again until no write landed during the last catch-up (a long build or a
+        large catch-up reads one snapshot; an erasure committed after it may have cleared
+        the index's storage before this catch-up wrote the template back)."""
+        for _ in range(8):
+            with self.session(write=False) as s:
+                now = self._read_generation(s)
+                if now == generation:
+                    break
+                self._catch_up(s, model, idx, full=False)
+                generation = now
+        return generation
+
+    def _catch_up(self, s: Session, model: str, idx: TemplateIndex, *, full: bool) -> None:
+        """Apply to `idx` what the database has that it lacks and remove what it has that
+        the database no longer has.
+
+        Template ids only grow (AUTOINCREMENT on SQLite, a sequence on PostgreSQL), so the
+        cheap path reads the rows above the highest id the index has seen, and counts the
+        rows at or below it: if that count equals the index's size, nothing was removed.
+        Otherwise (and when opening) the id sets are compared.
+        """
+        seen = int(getattr(idx, "max_id", -1))
+        in_model = Template.model == model
+        if not full:
+            below = s.scalar(
+                select(func.count()).select_from(Template).where(in_model, Template.id <= seen)
+            )
+            full = int(below or 0) != len(idx)
+        if full:
+            db_ids = np.fromiter(s.scalars(select(Template.id).where(in_model)), dtype=np.int64)
+            have = np.asarray(idx.ids, dtype=np.int64)  # type: ignore[attr-defined]
+            extra = np.setdiff1d(have, db_ids, assume_unique=True)
+            missing = np.setdiff1d(db_ids, have, assume_unique=True)
+            if extra.size:
+                idx.remove(extra)
+            for start in range(0, missing.size, _IN_CHUNK):
+                chunk = missing[start : start + _IN_CHUNK].tolist()
+                ids, vectors = self._template_rows(s, model, Template.id.in_(chunk))
+                if ids.size:
+                    idx.add(ids, vectors)
+        else:
+            ids, vectors = self._template_rows(s, model, Template.id > seen)
+            if ids.size:
+                idx.add(ids, vectors)
+
+    def _template_rows(self, s: Session, model: str, where: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, float32 vectors) of `model`'s templates matching `where`, in id order."""
+        rows = s.execute(
+            select(Template.id, Template.dim, Template.vector)
+            .where(Template.model == model, where)
+            .order_by(Template.id)
+        ).all()
+        if not rows:
+            return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
+        dim = int(rows[0][1])
+        stored = [r[2] for r in rows]
+        if self._cipher is not None or any(len(v) != dim * 4 for v in stored):
+            stored = self._open_templates(stored, model, dim, [r[0] for r in rows])
+        raw = bytearray().join(stored)
+        if len(raw) != len(rows) * dim * 4:
+            raise StoreError(f"a template of model {model!r} has the wrong size (damaged?)")
+        vectors = np.frombuffer(raw, dtype="<f4").reshape(len(rows), dim).astype(np.float32)
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), vectors
+
     def _index_changed(
         self,
         old: int,
@@ -1249,20 +1555,30 @@ class Store:
     ) -> None:
         """Apply this handle's committed change to cached indexes that were current before it.
 
-        Indexes at any other generation missed someone else's change and are left to rebuild.
+        Indexes at any other generation missed someone else's change and are left to rebuild
+        (exact) or catch up (persistent). Removals also reach the storage of persistent
+        indexes that are not loaded here: an erasure must not wait for a search.
         """
+        persistent = self.index_config.kind != "exact"
         with self._index_lock:
+            done: set[str] = set()
             for name, cached in list(self._indexes.items()):
                 if cached.generation != old:
                     continue
+                if persistent and isinstance(cached.index, ExactIndex):
+                    del self._indexes[name]  # a placeholder: open the real index next time
+                    continue
                 if removed is not None:
                     cached.index.remove(removed)
+                    done.add(name)
                 if added is not None and name == model:
                     ids, vectors = added
                     if cached.index.dim != vectors.shape[1]:
-                        if len(cached.index):
+                        if len(cached.index) or persistent:
                             del self._indexes[name]
                             continue
                         cached.index = ExactIndex(vectors.shape[1])
                     cached.index.add(ids, vectors)
                 cached.generation = new
+            if persistent and removed is not None and removed.size:
+                erase_elsewhere(self.index_config, self.data_dir, removed, done)

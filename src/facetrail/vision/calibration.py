@@ -124,6 +124,23 @@ def fit_calibration(
         same = codes[rows][:, None] == codes[None, :]
         imp_hist += np.histogram(block[upper & ~same], edges)[0]
         gen_hist += np.histogram(block[upper & same], edges)[0]
+    return _from_histograms(imp_hist, gen_hist, edges, model=model, source=source)
+
+
+def fit_calibration_scores(
+    genuine: np.ndarray, impostor: np.ndarray, *, model: str, source: str
+) -> Calibration:
+    """Calibrate on given comparison scores (a list of labelled pairs rather than every pair
+    of a labelled set of images); the same table as `fit_calibration`."""
+    edges = np.linspace(-1.0, 1.0, 40_001)
+    imp_hist = np.histogram(np.asarray(impostor, np.float64), edges)[0].astype(np.int64)
+    gen_hist = np.histogram(np.asarray(genuine, np.float64), edges)[0].astype(np.int64)
+    return _from_histograms(imp_hist, gen_hist, edges, model=model, source=source)
+
+
+def _from_histograms(
+    imp_hist: np.ndarray, gen_hist: np.ndarray, edges: np.ndarray, *, model: str, source: str
+) -> Calibration:
     impostors, genuines = int(imp_hist.sum()), int(gen_hist.sum())
     if impostors == 0 or genuines == 0:
         raise ModelError("calibration needs both impostor and genuine comparisons")
@@ -143,6 +160,58 @@ def fit_calibration(
         fnmrs.append(float(gen_below[i]))
     # The table ends just above the highest impostor: only there does the FMR reach the bound
     # 1 / impostors, so neither fmr() nor threshold_for() claims it for a score an impostor beat.
+    top = int(np.flatnonzero(imp_hist)[-1]) + 1
+    scores.append(float(edges[top]))
+    fmrs.append(1.0 / impostors)
+    fnmrs.append(float(gen_hist[:top].sum() / genuines))
+    order = np.argsort(scores)
+    scores_a = np.array(scores)[order]
+    fmrs_a = np.minimum.accumulate(np.array(fmrs)[order])
+    fnmrs_a = np.maximum.accumulate(np.array(fnmrs)[order])
+    uniq = np.concatenate([[True], np.diff(scores_a) > 0])
+    return Calibration(
+        model=model,
+        source=source,
+        impostor_comparisons=impostors,
+        genuine_comparisons=genuines,
+        scores=scores_a[uniq].tolist(),
+        fmrs=fmrs_a[uniq].tolist(),
+        fnmrs=fnmrs_a[uniq].tolist(),
+    )
+
+
+def normalised_model(model_id: str, method: str) -> str:
+    """The name a calibration of normalised scores is kept under (e.g. `...+flip+as-norm`)."""
+    return f"{model_id}+{method}"
+
+
+def fit_score_calibration(
+    impostor: np.ndarray, genuine: np.ndarray, *, model: str, source: str, bins: int = 40_000
+) -> Calibration:
+    """A calibration from given impostor and genuine scores on any scale (normalised scores
+    are not cosines in [-1, 1]): the same FMR grid and table as `fit_calibration`."""
+    imp = np.asarray(impostor, np.float64)
+    gen = np.asarray(genuine, np.float64)
+    if len(imp) == 0 or len(gen) == 0:
+        raise ModelError("calibration needs both impostor and genuine comparisons")
+    lo = float(min(imp.min(), gen.min()))
+    hi = float(max(imp.max(), gen.max()))
+    edges = np.linspace(lo, hi + 1e-9 * max(1.0, abs(hi)), bins + 1)
+    imp_hist = np.histogram(imp, edges)[0]
+    gen_hist = np.histogram(gen, edges)[0]
+    impostors, genuines = len(imp), len(gen)
+    imp_above = np.cumsum(imp_hist[::-1])[::-1] / impostors
+    gen_below = np.concatenate([[0], np.cumsum(gen_hist)[:-1]]) / genuines
+    scores, fmrs, fnmrs = [], [], []
+    for level in _LEVELS:
+        if level < 1.0 / impostors:
+            break
+        i = max(int(np.searchsorted(-imp_above, -level, side="right")) - 1, 0)
+        if imp_above[i] * impostors < 1.5:
+            break
+        scores.append(float(edges[i]))
+        fmrs.append(float(imp_above[i]))
+        fnmrs.append(float(gen_below[i]))
     top = int(np.flatnonzero(imp_hist)[-1]) + 1
     scores.append(float(edges[top]))
     fmrs.append(1.0 / impostors)

@@ -22,7 +22,7 @@ from facetrail.errors import FacetrailError
 from facetrail.vision import models
 from facetrail.vision.align import FivePointAligner
 from facetrail.vision.descriptor import DescriptorModel, DlibResnet, FlipAveraged, OnnxDescriptor
-from facetrail.vision.detector import FaceDetector, HogDetector, Mode
+from facetrail.vision.detector import FaceDetector, Mode, build_detector
 from facetrail.vision.faces import Faces
 from facetrail.vision.quality import assess
 
@@ -67,7 +67,12 @@ class FaceAnalyzer:
         descriptor: DescriptorModel | None = None,
     ) -> None:
         self.settings = settings
-        self.detector = detector or HogDetector(settings.min_face, settings.max_detect_pixels)
+        self.detector = detector or build_detector(
+            settings.detector,
+            settings.min_face,
+            settings.max_detect_pixels,
+            providers=settings.providers,
+        )
         self.descriptor = descriptor or build_descriptor(settings)
         self.aligner = FivePointAligner(
             models.five_point_predictor(), self.descriptor.chip_size, self.descriptor.chip_padding

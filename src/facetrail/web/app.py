@@ -21,7 +21,7 @@ from facetrail import __version__
 from facetrail.config import Settings
 from facetrail.errors import FacetrailError
 from facetrail.service.app import Facetrail
-from facetrail.web import api, api_live, pages, pages_live, problems
+from facetrail.web import api, api_live, api_reports, pages, pages_live, pages_reports, problems
 from facetrail.web.auth import LoginLimiter, load_secret
 from facetrail.web.jobs import JobManager
 
@@ -56,9 +56,12 @@ def create_app(settings: Settings | None = None, *, jobs: int = 1) -> FastAPI:
     app.add_exception_handler(FacetrailError, problems.facetrail_error)
     app.add_exception_handler(RequestValidationError, problems.validation_error)
     app.add_exception_handler(StarletteHTTPException, problems.http_error)
+    # The reports first: api.router's /cases/{reference:path} would take /cases/X/report.
+    app.include_router(api_reports.router, prefix="/api/v1")
     app.include_router(api.router, prefix="/api/v1")
     app.include_router(api_live.router, prefix="/api/v1")
     app.include_router(pages_live.router)
+    app.include_router(pages_reports.router)  # before pages: /cases/{ref:path}/report
     app.include_router(pages.router)
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -139,6 +139,7 @@ NAVIGATION = (
     NavItem("Live", "/live", Op.LIVE_READ),
     NavItem("Audit", "/audit", Op.AUDIT),
     NavItem("Retention", "/retention", Op.RETENTION_REPORT),
+    NavItem("Transparency", "/reports/transparency", Op.TRANSPARENCY),
     NavItem("Users", "/users", Op.USERS),
 )
 
