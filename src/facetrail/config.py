@@ -48,10 +48,6 @@ class Settings(BaseSettings):
     video_detector: Literal["hog", "cnn", "auto"] | None = None
     live_detector: Literal["hog", "cnn", "auto"] = "hog"
 
-    def video_detector_kind(self) -> Literal["hog", "cnn", "auto"]:
-        if self.video_detector is not None:
-            return self.video_detector
-        return "cnn" if any(p in GPU_PROVIDERS for p in self.providers) else "hog"
     min_face: int = Field(40, ge=10, le=1000)
     max_detect_pixels: int = 8_000_000
 
@@ -129,6 +125,12 @@ class Settings(BaseSettings):
             milvus_prefix=self.milvus_collection_prefix,
             milvus_index_type=self.milvus_index_type,
         )
+
+    def video_detector_kind(self) -> Literal["hog", "cnn", "auto"]:
+        """The retrospective video detector: as configured, else the CNN on a GPU."""
+        if self.video_detector is not None:
+            return self.video_detector
+        return "cnn" if any(p in GPU_PROVIDERS for p in self.providers) else "hog"
 
     def database(self) -> str | None:
         """The configured database URL as text, or None for SQLite in the data directory."""
