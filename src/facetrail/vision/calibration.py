@@ -197,36 +197,6 @@ def fit_score_calibration(
     lo = float(min(imp.min(), gen.min()))
     hi = float(max(imp.max(), gen.max()))
     edges = np.linspace(lo, hi + 1e-9 * max(1.0, abs(hi)), bins + 1)
-    imp_hist = np.histogram(imp, edges)[0]
-    gen_hist = np.histogram(gen, edges)[0]
-    impostors, genuines = len(imp), len(gen)
-    imp_above = np.cumsum(imp_hist[::-1])[::-1] / impostors
-    gen_below = np.concatenate([[0], np.cumsum(gen_hist)[:-1]]) / genuines
-    scores, fmrs, fnmrs = [], [], []
-    for level in _LEVELS:
-        if level < 1.0 / impostors:
-            break
-        i = max(int(np.searchsorted(-imp_above, -level, side="right")) - 1, 0)
-        if imp_above[i] * impostors < 1.5:
-            break
-        scores.append(float(edges[i]))
-        fmrs.append(float(imp_above[i]))
-        fnmrs.append(float(gen_below[i]))
-    top = int(np.flatnonzero(imp_hist)[-1]) + 1
-    scores.append(float(edges[top]))
-    fmrs.append(1.0 / impostors)
-    fnmrs.append(float(gen_hist[:top].sum() / genuines))
-    order = np.argsort(scores)
-    scores_a = np.array(scores)[order]
-    fmrs_a = np.minimum.accumulate(np.array(fmrs)[order])
-    fnmrs_a = np.maximum.accumulate(np.array(fnmrs)[order])
-    uniq = np.concatenate([[True], np.diff(scores_a) > 0])
-    return Calibration(
-        model=model,
-        source=source,
-        impostor_comparisons=impostors,
-        genuine_comparisons=genuines,
-        scores=scores_a[uniq].tolist(),
-        fmrs=fmrs_a[uniq].tolist(),
-        fnmrs=fnmrs_a[uniq].tolist(),
-    )
+    imp_hist = np.histogram(imp, edges)[0].astype(np.int64)
+    gen_hist = np.histogram(gen, edges)[0].astype(np.int64)
+    return _from_histograms(imp_hist, gen_hist, edges, model=model, source=source)
