@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -202,6 +203,19 @@ def run_calibration(
             f"{counts['no_face']} image(s) had no face near their centre: their centre region "
             "was described (LFW framing); crop such images to the face, or leave them out"
         )
+    # What the run was, whether or not it gave a calibration.
+    about: dict[str, Any] = {
+        "root": str(root),
+        "labels": str(labels) if labels else None,
+        "protocol": "pairs" if pairs_list else "identities",
+        "model": analyzer.model_id,
+        "source": source,
+        "images": len(names),
+        "people": people,
+        "no_face_images": int(counts.get("no_face", 0)),
+        "required_fmr": required_fmr,
+        "notes": notes,
+    }
     if calibration is None:
         notes.append(
             "no calibration: the data need both genuine comparisons (two images of one "
@@ -210,22 +224,13 @@ def run_calibration(
         needed = math.ceil(1 / target_fmr - 1e-9)
         empty = OperatingPoint(target_fmr, False, None, None, None, needed)
         run = CalibrationRun(
-            root=str(root),
-            labels=str(labels) if labels else None,
-            protocol="pairs" if pairs_list else "identities",
-            model=analyzer.model_id,
-            source=source,
-            images=len(names),
-            people=people,
-            no_face_images=int(counts.get("no_face", 0)),
+            **about,
             genuine_comparisons=genuine,
             impostor_comparisons=impostor,
             min_fmr=1 / impostor if impostor else 1.0,
             target=empty,
             operating_points=[],
-            required_fmr=required_fmr,
             usable=False,
-            notes=notes,
         )
         return run, None
     target = operating_point(calibration, target_fmr)
@@ -244,21 +249,12 @@ def run_calibration(
             "this one cannot be saved (more people or more images, or use it as a dry run)"
         )
     run = CalibrationRun(
-        root=str(root),
-        labels=str(labels) if labels else None,
-        protocol="pairs" if pairs_list else "identities",
-        model=analyzer.model_id,
-        source=source,
-        images=len(names),
-        people=people,
-        no_face_images=int(counts.get("no_face", 0)),
+        **about,
         genuine_comparisons=calibration.genuine_comparisons,
         impostor_comparisons=calibration.impostor_comparisons,
         min_fmr=calibration.min_fmr,
         target=target,
         operating_points=points,
-        required_fmr=required_fmr,
         usable=usable,
-        notes=notes,
     )
     return run, calibration
