@@ -28,6 +28,7 @@ from facetrail.service.results import (
     VerifyReport,
 )
 from facetrail.store import ExactIndex, Store
+from facetrail.store.index import TemplateIndex
 from facetrail.vision.calibration import Calibration
 from facetrail.vision.compare import normalise, similarity
 from facetrail.vision.faces import Faces
@@ -155,7 +156,7 @@ NORMALISED_POOL = 32  # at least this many templates re-ranked by normalised sco
 
 def rank_candidates(
     store: Store,
-    index: ExactIndex,
+    index: TemplateIndex,
     descriptors: np.ndarray,
     scoring: Scoring,
     top_k: int,

@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import mmap
 import os
 import secrets
 import struct
@@ -55,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from facetrail.errors import InvalidInputError, StoreError
-from facetrail.store.index import _MAX_BLOCK, _as_ids
+from facetrail.store.index import _MAX_BLOCK, _as_ids, check_queries, check_vectors
 
 try:  # POSIX
     import fcntl
@@ -72,6 +73,9 @@ _HEAD = struct.Struct("<4sBIIQ")
 _CRC = struct.Struct("<I")
 _MAGIC = b"FTIX"
 _ADD, _REMOVE = 1, 2
+
+# Widest id range looked up through a table (bytes of table).
+_TABLE_SPAN = 1 << 26
 
 # Most rows one growth of the in-memory buffers adds.
 _MAX_GROW_ROWS = 1 << 18
@@ -245,6 +249,39 @@ def _read_into(path: Path, out: np.ndarray) -> int:
     return done
 
 
+def _member(big: np.ndarray, few: np.ndarray) -> np.ndarray:
+    """`np.isin(big, few)` for a large id array and a few ids: a lookup table over the few
+    ids' range when it is small (one pass over `big`, ~30 ms at 10M), where `np.isin`'s
+    default sorts or loops (seconds at 10M, several times per erasure)."""
+    if few.size == 0 or big.size == 0:
+        return np.zeros(big.shape, dtype=bool)
+    if int(few.max()) - int(few.min()) < _TABLE_SPAN:
+        return np.isin(big, few, kind="table")
+    return np.isin(big, few)
+
+
+def _reserve(rows: int, used: int, dim: int) -> np.ndarray:
+    """A (rows, dim) float32 array over an anonymous memory map with room for about half as
+    many rows again (at least `_MAX_GROW_ROWS`); the first `used` rows are the caller's to
+    fill, the rest are zeros. `_regrow` extends it in place while the room lasts."""
+    room = max(rows + rows // 2, rows + _MAX_GROW_ROWS, 1024)
+    buf = mmap.mmap(-1, room * dim * 4)
+    return np.frombuffer(buf, dtype=np.float32, count=rows * dim).reshape(rows, dim)
+
+
+def _regrow(vecs: np.ndarray, rows: int, dim: int) -> np.ndarray:
+    """`vecs` with `rows` rows: a longer view of the same map when it has room, else a copy
+    into a new reservation."""
+    base = vecs.base
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj
+    if isinstance(base, mmap.mmap) and len(base) >= rows * dim * 4:
+        return np.frombuffer(base, dtype=np.float32, count=rows * dim).reshape(rows, dim)
+    out = _reserve(rows, vecs.shape[0], dim)
+    out[: vecs.shape[0]] = vecs
+    return out
+
+
 def _runs(slots: np.ndarray) -> Iterator[tuple[int, int]]:
     """Sorted slots grouped into contiguous (start, stop) runs, for fewer writes."""
     if slots.size == 0:
@@ -273,7 +310,7 @@ def _checkpoint(path: Path) -> None:
     changed: dict[int, np.ndarray] = {}  # slot -> new vector (zeros for removed)
     for op, rec_ids, vectors in records:
         if op == _REMOVE:
-            for slot in np.flatnonzero(np.isin(ids, rec_ids)).tolist():
+            for slot in np.flatnonzero(_member(ids, rec_ids)).tolist():
                 ids[slot] = -1
                 changed[slot] = np.zeros(dim, np.float32)
             continue
@@ -281,8 +318,7 @@ def _checkpoint(path: Path) -> None:
         if vectors.shape[1] != dim:
             raise StoreError(f"index log in {path} has vectors of another length")
         # Ids already in a slot are overwritten there (a replay of a partly applied log).
-        hit = rec_ids[np.isin(rec_ids, ids)]
-        at = np.flatnonzero(np.isin(ids, hit)) if hit.size else np.empty(0, np.int64)
+        at = np.flatnonzero(_member(ids, rec_ids))
         present = dict(zip(ids[at].tolist(), at.tolist(), strict=True))
         free = np.flatnonzero(ids < 0).tolist()
         free.reverse()
@@ -479,7 +515,7 @@ class AnnIndex:
                 raise StoreError(f"the index in {path} has {stored_dim}-d vectors, not {dim}")
             ids = np.fromfile(path / str(meta["ids"]), dtype="<i8").astype(np.int64)
             # Read straight into an array numpy owns, so that it can later grow in place.
-            vecs = np.empty((ids.size, stored_dim), dtype=np.float32)
+            vecs = _reserve(ids.size, ids.size, stored_dim)
             if _read_into(path / str(meta["vectors"]), vecs) != vecs.nbytes:
                 raise StoreError(f"the index files in {path} are truncated (damaged?)")
             idx = cls(stored_dim, path, params)
@@ -713,14 +749,7 @@ class AnnIndex:
         return self._ivf is not None
 
     def _check_vectors(self, vectors: np.ndarray, n: int) -> np.ndarray:
-        v = np.asarray(vectors)
-        if v.ndim != 2 or v.shape != (n, self._dim):
-            raise InvalidInputError(f"vectors must have shape ({n}, {self._dim})")
-        if v.dtype != np.float32:
-            raise InvalidInputError("vectors must be float32")
-        if not np.isfinite(v).all():
-            raise InvalidInputError("vectors must be finite")
-        return v
+        return check_vectors(vectors, n, self._dim)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add rows; ids must be new and unique. Durable (logged) when this returns."""
@@ -732,7 +761,7 @@ class AnnIndex:
         if np.unique(new_ids).shape[0] != k:
             raise InvalidInputError("duplicate ids in one add")
         with self._lock:
-            if new_ids.min() <= self._max_id and np.isin(new_ids, self._ids[: self._hi]).any():
+            if new_ids.min() <= self._max_id and _member(self._ids[: self._hi], new_ids).any():
                 raise InvalidInputError("id already in the index")
             if self.path is not None:
                 with _dir_lock(self.path):
@@ -765,18 +794,16 @@ class AnnIndex:
             self._train(persist=True)
 
     def _grow(self, cap: int) -> None:
-        """More rows. In place where numpy owns the buffers (realloc: on Linux large blocks
-        are remapped, not copied), so 10M templates do not need twice their memory."""
+        """More rows. The vectors live in an anonymous memory map reserved with room to
+        spare (address space only: pages cost memory once written), so growing within it
+        is a new view, not a copy: at 10M a copy would need 5 GB more for a moment.
+        Past the reservation (or for a caller's array adopted by `build`) they are copied
+        once into a new, larger one."""
         old = self._ids.shape[0]
-        try:
-            self._vecs.resize((cap, self._dim), refcheck=False)
-            self._ids.resize(cap, refcheck=False)
-        except ValueError:  # not owned (a view, a memory map): copy once
-            vecs = np.zeros((cap, self._dim), dtype=np.float32)
-            vecs[:old] = self._vecs[:old]
-            ids = np.resize(self._ids, cap)
-            self._vecs, self._ids = vecs, ids
-        self._ids[old:] = -1  # (numpy's resize fills the new vector rows with zeros)
+        vecs = _regrow(self._vecs, cap, self._dim)
+        ids = np.full(cap, -1, dtype=np.int64)
+        ids[:old] = self._ids[:old]
+        self._vecs, self._ids = vecs, ids
 
     def remove(self, ids: np.ndarray) -> int:
         """Drop these ids (unknown ones are ignored); returns how many went.
@@ -788,7 +815,7 @@ class AnnIndex:
         if gone.size == 0:
             return 0
         with self._lock:
-            rows = np.flatnonzero(np.isin(self._ids[: self._hi], gone)).astype(np.int64)
+            rows = np.flatnonzero(_member(self._ids[: self._hi], gone)).astype(np.int64)
             if self.path is not None:
                 # Also when nothing is here: the files may hold what this copy never saw.
                 with _dir_lock(self.path):
@@ -816,15 +843,7 @@ class AnnIndex:
         Returns (scores, ids), both of shape (m, min(k, len)). Small galleries, and requests
         for a large share of the gallery, are answered by an exact scan.
         """
-        q = np.asarray(queries)
-        if q.ndim != 2:
-            raise InvalidInputError("queries must be a 2-d array (m, dim)")
-        if q.dtype != np.float32:
-            raise InvalidInputError("queries must be float32")
-        if not np.isfinite(q).all():
-            raise InvalidInputError("queries must be finite")
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
-            raise InvalidInputError("k must be a non-negative integer")
+        q = check_queries(queries, k)
         with self._lock:
             m = q.shape[0]
             kk = min(int(k), self._n)

@@ -44,6 +44,33 @@ def _as_ids(ids: np.ndarray | list[int] | tuple[int, ...]) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def check_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
+    """`vectors` if they are n finite float32 rows of length `dim` (what every index takes)."""
+    v = np.asarray(vectors)
+    if v.ndim != 2 or v.shape != (n, dim):
+        raise InvalidInputError(f"vectors must have shape ({n}, {dim})")
+    if v.dtype != np.float32:
+        raise InvalidInputError("vectors must be float32")
+    if not np.isfinite(v).all():
+        raise InvalidInputError("vectors must be finite")
+    return v
+
+
+def check_queries(queries: np.ndarray, k: object) -> np.ndarray:
+    """`queries` if they are a finite float32 matrix and k a count (the columns are checked
+    against the index once it is known not to be empty)."""
+    q = np.asarray(queries)
+    if q.ndim != 2:
+        raise InvalidInputError("queries must be a 2-d array (m, dim)")
+    if q.dtype != np.float32:
+        raise InvalidInputError("queries must be float32")
+    if not np.isfinite(q).all():
+        raise InvalidInputError("queries must be finite")
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+        raise InvalidInputError("k must be a non-negative integer")
+    return q
+
+
 class ExactIndex:
     """Brute-force inner-product search over one contiguous float32 matrix.
 
@@ -92,14 +119,7 @@ class ExactIndex:
         return ids[:n].copy()
 
     def _check_vectors(self, vectors: np.ndarray, n: int) -> np.ndarray:
-        v = np.asarray(vectors)
-        if v.ndim != 2 or v.shape != (n, self._dim):
-            raise InvalidInputError(f"vectors must have shape ({n}, {self._dim})")
-        if v.dtype != np.float32:
-            raise InvalidInputError("vectors must be float32")
-        if not np.isfinite(v).all():
-            raise InvalidInputError("vectors must be finite")
-        return v
+        return check_vectors(vectors, n, self._dim)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, *, _copy: bool = True) -> None:
         """Add rows; ids must be new and unique.
@@ -164,15 +184,7 @@ class ExactIndex:
 
         Returns (scores, ids), both of shape (m, min(k, len)), scores descending per row.
         """
-        q = np.asarray(queries)
-        if q.ndim != 2:
-            raise InvalidInputError("queries must be a 2-d array (m, dim)")
-        if q.dtype != np.float32:
-            raise InvalidInputError("queries must be float32")
-        if not np.isfinite(q).all():
-            raise InvalidInputError("queries must be finite")
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
-            raise InvalidInputError("k must be a non-negative integer")
+        q = check_queries(queries, k)
         n, id_buf, vec_buf = self._snap
         m = q.shape[0]
         kk = min(int(k), n)
