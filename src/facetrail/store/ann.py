@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from facetrail.errors import InvalidInputError, StoreError
+from facetrail.files import write_atomic
 from facetrail.store.index import _MAX_BLOCK, _as_ids, check_queries, check_vectors
 
 try:  # POSIX
@@ -112,34 +113,6 @@ def choose_nlist(n: int) -> int:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes | np.ndarray) -> None:
-    """Write a file whole: temporary name, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(data, np.ndarray):
-                data.tofile(f)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -409,11 +382,11 @@ def _new_generation(
         "vectors": f"vectors-{gen}.f32",
         "ivf": f"ivf-{gen}.faiss" if ivf_bytes is not None else None,
     }
-    _write_atomic(path / str(meta["vectors"]), np.ascontiguousarray(vectors, dtype="<f4"))
-    _write_atomic(path / str(meta["ids"]), np.ascontiguousarray(ids, dtype="<i8"))
+    write_atomic(path / str(meta["vectors"]), np.ascontiguousarray(vectors, dtype="<f4"))
+    write_atomic(path / str(meta["ids"]), np.ascontiguousarray(ids, dtype="<i8"))
     if ivf_bytes is not None:
-        _write_atomic(path / str(meta["ivf"]), ivf_bytes)
-    _write_atomic(path / META, json.dumps(meta).encode())
+        write_atomic(path / str(meta["ivf"]), ivf_bytes)
+    write_atomic(path / META, json.dumps(meta).encode())
     _clear_log(path)
     _sweep(path, meta)
 
@@ -715,10 +688,10 @@ class AnnIndex:
             os.replace(tmp, self.path / name)
             if write_ivf:
                 ivf_name = f"ivf-{secrets.token_hex(6)}.faiss"
-                _write_atomic(self.path / ivf_name, self._ivf_bytes() or b"")
+                write_atomic(self.path / ivf_name, self._ivf_bytes() or b"")
                 meta["ivf"] = ivf_name
             meta["codes"], meta["code_bytes"] = name, rec
-            _write_atomic(self.path / META, json.dumps(meta).encode())
+            write_atomic(self.path / META, json.dumps(meta).encode())
             _sweep(self.path, meta)
 
     # ------------------------------------------------------------------ protocol
