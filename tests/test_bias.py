@@ -19,7 +19,7 @@ from conftest import make_team
 from facetrail.errors import InvalidInputError
 from facetrail.evaluation.bias import bias_metrics, bootstrap_rates
 from facetrail.evaluation.protocols import bias_pairs, read_group_labels
-from facetrail.reports.bias import format_interval, format_rate, format_score
+from facetrail.reports.common import format_interval, format_rate, format_score
 
 # (group, person a, person b, genuine, score). People 0-2 are "f", 3-4 "m", 5 "y"; "x" has
 # nobody. Threshold 0.7: a score of exactly 0.7 is a match (search's rule: at or above).

@@ -24,13 +24,13 @@ import pytest
 
 from conftest import CASE, Team, make_team
 from facetrail.errors import NotFoundError, PermissionDeniedError, PolicyError
-from facetrail.reports.bias import format_score
 from facetrail.reports.common import (
     format_count,
     format_duration,
     format_fmr,
     format_one_in,
     format_percent,
+    format_score,
 )
 
 FR = "examples/face_recognition"

@@ -3,7 +3,7 @@
 Everything the page shows comes from that JSON (the chart is drawn again from its curves and
 embedded as a base64 PNG), so the page and the JSON cannot disagree, and the page can be
 mailed, archived or printed to PDF without the files beside it. Numbers are formatted by the
-filters below and nowhere else: `rate` (3 significant digits), `score` (4 decimals).
+filters of `reports.common` and nowhere else: `rate` (3 significant digits), `score` (4 decimals).
 """
 
 from __future__ import annotations
@@ -13,35 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-
 from facetrail.errors import InvalidInputError
+from facetrail.reports.common import environment
 
 _REQUIRED = ("attribute", "threshold", "groups", "fmr_ratio", "fnmr_ratio", "target", "bootstrap")
-
-
-def format_rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
-
-
-def format_score(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def format_interval(bounds: list[float] | None) -> str:
-    return "n/a" if bounds is None else f"{format_rate(bounds[0])} – {format_rate(bounds[1])}"
-
-
-def _environment() -> Environment:
-    env = Environment(
-        loader=PackageLoader("facetrail.reports", "templates"),
-        autoescape=select_autoescape(["html"]),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters.update(rate=format_rate, score=format_score, interval=format_interval)
-    return env
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -63,7 +38,7 @@ def render_bias_report(results: dict[str, Any]) -> str:
     from facetrail.evaluation.runs import bias_det_chart  # matplotlib: only when drawing
 
     chart = base64.b64encode(bias_det_chart(results)).decode("ascii")
-    return _environment().get_template("bias.html").render(r=results, det_png=chart)
+    return environment().get_template("bias.html").render(r=results, det_png=chart)
 
 
 def write_bias_report(results_path: Path, out: Path | None = None) -> Path:

@@ -17,7 +17,17 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from facetrail.reports.bias import format_interval, format_rate, format_score
+
+def format_rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def format_score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def format_interval(bounds: list[float] | None) -> str:
+    return "n/a" if bounds is None else f"{format_rate(bounds[0])} – {format_rate(bounds[1])}"
 
 
 def format_count(value: int | None) -> str:

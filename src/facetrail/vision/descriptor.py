@@ -37,9 +37,11 @@ class DescriptorModel(Protocol):
         ...
 
 
-def _session(
-    path_or_bytes: Path | bytes, providers: list[str], threads: int
+def onnx_session(
+    path_or_bytes: Path | bytes, providers: list[str], threads: int, what: str = "descriptor model"
 ) -> ort.InferenceSession:
+    """An ONNX Runtime session on the first of `providers` that is installed (else the CPU),
+    its threads not spinning; `what` names the model in the error if it cannot load."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -53,7 +55,7 @@ def _session(
     try:
         return ort.InferenceSession(source, sess_options=options, providers=chosen)
     except Exception as exc:  # onnxruntime raises its own untyped errors
-        raise ModelError(f"ONNX Runtime cannot load the descriptor model: {exc}") from exc
+        raise ModelError(f"ONNX Runtime cannot load the {what}: {exc}") from exc
 
 
 def _run_batches(session: ort.InferenceSession, inputs: np.ndarray, batch: int) -> np.ndarray:
@@ -84,10 +86,10 @@ class DlibResnet:
         if not path.exists():
             write_atomic(path, build_resnet_graph(dat.read_bytes()).SerializeToString())
         try:
-            self._session = _session(path, providers or ["CPUExecutionProvider"], threads)
+            self._session = onnx_session(path, providers or ["CPUExecutionProvider"], threads)
         except ModelError:  # a damaged cache file (torn copy, bad disk): build it afresh
             write_atomic(path, build_resnet_graph(dat.read_bytes()).SerializeToString())
-            self._session = _session(path, providers or ["CPUExecutionProvider"], threads)
+            self._session = onnx_session(path, providers or ["CPUExecutionProvider"], threads)
         self.onnx_path = path
 
     def describe(self, chips: np.ndarray) -> np.ndarray:
@@ -115,7 +117,7 @@ class OnnxDescriptor:
             raise ModelError(f"descriptor model {path.name} does not exist")
         data = path.read_bytes()
         self.id = f"onnx:{path.stem}:{hashlib.sha256(data).hexdigest()[:12]}"
-        self._session = _session(data, providers or ["CPUExecutionProvider"], threads)
+        self._session = onnx_session(data, providers or ["CPUExecutionProvider"], threads)
         spec = self._session.get_inputs()[0]
         self._uint8_nhwc = spec.type == "tensor(uint8)"
         self.chip_size, self.chip_padding = chip_size, chip_padding

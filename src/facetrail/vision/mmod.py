@@ -34,11 +34,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
-from facetrail.errors import InvalidInputError, ModelError
+from facetrail.errors import InvalidInputError
 from facetrail.vision import models
+from facetrail.vision.descriptor import onnx_session
 from facetrail.vision.detector import PRIMARY_FACE_SHARE, Detections, Mode
 from facetrail.vision.mmod_format import PYRAMID_DOWN, MmodNet, read_mmod
 from facetrail.vision.mmod_onnx import (
@@ -232,21 +232,6 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, iou: float, covered: float) 
 # --- the detector ----------------------------------------------------------------------------
 
 
-def _session(model: bytes, providers: list[str], threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    # As for the descriptor: spinning ORT threads would take the cores other stages need.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    available = set(ort.get_available_providers())
-    chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-    try:
-        return ort.InferenceSession(model, sess_options=options, providers=chosen)
-    except Exception as exc:  # onnxruntime raises its own untyped errors
-        raise ModelError(f"ONNX Runtime cannot load the MMOD detector: {exc}") from exc
-
-
 def _as_rgb(image: object) -> np.ndarray:
     """Check one image and return it as (H, W, 3) uint8; grey images are spread to RGB."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
@@ -299,16 +284,11 @@ class CnnDetector:
     ) -> None:
         path = model_path or models._file(MODEL_FILE)
         self.net = read_mmod(path.read_bytes())
-        self._session = _session(
-            build_mmod_graph(self.net).SerializeToString(),
-            providers or ["CPUExecutionProvider"],
-            threads,
-        )
-        self._resizer = _session(
-            build_resize_graph().SerializeToString(),
-            providers or ["CPUExecutionProvider"],
-            threads,
-        )
+        chosen = providers or ["CPUExecutionProvider"]
+        graph = build_mmod_graph(self.net).SerializeToString()
+        self._session = onnx_session(graph, chosen, threads, "MMOD detector")
+        resize = build_resize_graph().SerializeToString()
+        self._resizer = onnx_session(resize, chosen, threads, "MMOD detector")
         self.window = max(max(w, h) for w, h in self.net.windows)
         self.min_face = min_face
         self.max_pixels = max_pixels
