@@ -215,3 +215,33 @@ def sql(data: Path, query: str, *params: object) -> list[tuple]:
         return db.execute(query, params).fetchall()
     finally:
         db.close()
+
+
+@contextlib.contextmanager
+def serve_app(app: object) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free port of 127.0.0.1, running its lifespan, in
+    a thread; yields its base URL and stops it afterwards."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the web app did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 import streams
-from conftest import Team, make_team
+from conftest import Team, make_team, serve_app
 
 FR = "examples/face_recognition"
 MIRANDA = "lin-manuel-miranda"
@@ -64,8 +63,6 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Served]:
-    import uvicorn
-
     from facetrail.config import Settings
     from facetrail.web.app import create_app
 
@@ -80,24 +77,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Itera
         ft.authorise_watchlist(WATCHLIST, reason="tests")
     receiver = Receiver()
     settings = Settings(data=team.data, live_webhook_url=receiver.url, live_webhook_secret=SECRET)
-    app = create_app(settings)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the service did not start"
-        time.sleep(0.05)
     try:
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        yield Served(team, url, receiver, shared_data / FR / "short_hamilton_clip.mp4")
+        with serve_app(create_app(settings)) as url:
+            yield Served(team, url, receiver, shared_data / FR / "short_hamilton_clip.mp4")
     finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
         receiver.close()
 
 

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import base64
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import CASE, PASSWORD, Team, make_team
+from conftest import CASE, PASSWORD, Team, make_team, serve_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -59,8 +56,6 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Site]:
-    import uvicorn
-
     from facetrail.config import Settings
     from facetrail.web.app import create_app
 
@@ -69,25 +64,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterato
         admin.enrol([shared_data / FR / "knn_examples" / "train"])
         admin.enrol([shared_data / FR / "lin-manuel-miranda.png"], subject="lin-manuel-miranda")
     app = create_app(Settings(data=team.data))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the web app did not start")
-        time.sleep(0.05)
-    try:
-        yield Site(team, app, f"http://127.0.0.1:{port}", shared_data)
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with serve_app(app) as url:
+        yield Site(team, app, url, shared_data)
 
 
 @pytest.fixture(scope="module")
