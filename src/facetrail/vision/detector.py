@@ -42,6 +42,11 @@ class Detections:
     boxes: np.ndarray  # (n, 4) float32 x1, y1, x2, y2 in the input image's pixels
     scores: np.ndarray  # (n,) float32
 
+    @classmethod
+    def none(cls) -> Detections:
+        """No face found."""
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+
 
 class FaceDetector(Protocol):
     name: str
@@ -100,12 +105,12 @@ class HogDetector:
             with self._lock:
                 self._idle.append(detector)
         if not rects:
-            return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+            return Detections.none()
         boxes = np.array([[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in rects], float)
         return Detections((boxes / scale).astype(np.float32), np.asarray(scores, np.float32))
 
     def detect(self, image: np.ndarray, mode: Mode = "thorough") -> Detections:
-        found = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+        found = Detections.none()
         for scale in self.scales(*image.shape[:2], mode):
             found = self._run(image, scale)
             if len(found.scores):

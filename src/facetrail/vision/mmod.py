@@ -263,10 +263,6 @@ def _pyramid_down_rect(boxes: np.ndarray, levels: int) -> np.ndarray:
     return np.floor(boxes + 0.5)
 
 
-def _empty() -> Detections:
-    return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
-
-
 class CnnDetector:
     """dlib's MMOD CNN face detector on ONNX Runtime; a `FaceDetector`."""
 
@@ -346,14 +342,14 @@ class CnnDetector:
             if min(self.net.output_size(*pyramid.shape[2:])) <= 0:
                 # An image of a few pixels: too small for the network's strides (dlib
                 # cannot run it either); no face can be in it.
-                out += [_empty() for _ in chunk]
+                out += [Detections.none() for _ in chunk]
                 continue
             scores = self._session.run(None, {INPUT: pyramid})[0]
             for sample in scores:
                 boxes, values = decode(sample, rects, self.net, self.threshold)
                 kept = suppress(boxes, values, self.net.nms_iou, self.net.nms_covered)
                 if not len(kept):
-                    out.append(_empty())
+                    out.append(Detections.none())
                     continue
                 if levels:
                     box = _pyramid_down_rect(boxes[kept], levels)
@@ -367,7 +363,7 @@ class CnnDetector:
 
     def detect(self, image: np.ndarray, mode: Mode = "thorough") -> Detections:
         rgb = _as_rgb(image)
-        found = _empty()
+        found = Detections.none()
         for scale in self.scales(*rgb.shape[:2], mode):
             found = self._run([rgb], scale)[0]
             if len(found.scores):
