@@ -277,27 +277,38 @@ def test_a_restart_suspends_or_interrupts_orphaned_deployments(tmp_path: Path) -
         assert d.status == "interrupted" and "can no longer deploy" in (d.error or "")
 
 
-def test_a_service_restart_resumes_its_deployment(world: World) -> None:
+def test_a_service_restart_resumes_its_deployment(
+    world: World, tmp_path: Path, shared_data: Path
+) -> None:
     """A stream deployment started by the service is suspended when the service stops and
     resumed (same deployment, counters carried on) when it starts again; one from a file is
-    interrupted instead."""
+    interrupted instead. Its own data directory: the restarts open and close several
+    handles on it, which the module's shared directory is kept out of."""
+    team = make_team(tmp_path / "data")
+    with team.open("admin") as ft:
+        ft.enrol([shared_data / FR / "lin-manuel-miranda.png"], subject=MIRANDA)
+    with team.open("investigator") as ft:
+        ft.create_watchlist(WATCHLIST, purpose="tests", expires_at=_in(days=2))
+        ft.add_to_watchlist(WATCHLIST, [MIRANDA], reason="tests")
+    with team.open("authoriser") as ft:
+        ft.authorise_watchlist(WATCHLIST, reason="tests")
     url, server = streams.serve(world.clip, pace=1, loops=30)
     port = int(url.rsplit(":", 1)[1])
     try:
-        with world.team.open("operator") as ft:
+        with team.open("operator") as ft:
             d = ft.start_deployment(WATCHLIST, url, _in(minutes=5), resumable=True)
             assert d.resumable
             _wait_for(lambda: ft.deployment(d.id).frames_analysed > 3)
-        with world.team.open("auditor") as ft:
+        with team.open("auditor") as ft:
             before = ft.deployment(d.id)
         assert before.status == "suspended" and before.stopped_at is None
         server.wait(timeout=30)  # its client went away
         url, server = streams.serve(world.clip, pace=1, loops=30, port=port)
-        with facetrail.open(world.team.data) as service:  # as `facetrail serve` does
+        with facetrail.open(team.data) as service:  # as `facetrail serve` does
             (resumed,) = service.resume_deployments()
             assert resumed.id == d.id and resumed.status == "running" and resumed.resumed == 1
             op = service.as_caller(None)
-            op.use_token(world.team.tokens["operator"])
+            op.use_token(team.tokens["operator"])
             _wait_for(lambda: op.deployment(d.id).frames_analysed > before.frames_analysed)
             op.stop_deployment(d.id, reason="tests")
             after = op.deployment(d.id)
@@ -311,10 +322,10 @@ def test_a_service_restart_resumes_its_deployment(world: World) -> None:
     finally:
         server.kill()
         server.wait()
-    with world.team.open("operator") as ft:
+    with team.open("operator") as ft:
         f = ft.start_deployment(WATCHLIST, str(world.clip), _in(minutes=5), resumable=True)
         assert not f.resumable  # a file is a rehearsal: it is not played again
-    with world.team.open("auditor") as ft:
+    with team.open("auditor") as ft:
         ended = ft.deployment(f.id)
         assert ended.status == "interrupted" and "stopped" in (ended.error or "")
 
