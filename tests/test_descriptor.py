@@ -348,6 +348,20 @@ def test_flip_averaged_is_mirror_symmetric(resnet, chips):
     assert flip.describe(chips[:0]).shape == (0, 128)
 
 
+def test_mirrored_graph_equals_flip_averaging(resnet, chips, cache_dir):
+    """The shipped default mirrors inside the graph: the same descriptors under the same id
+    as `FlipAveraged`, in batches of any size, without a host-side copy of the chips."""
+    mirrored = DlibResnet(cache_dir, batch_size=3, mirror=True)
+    outside = FlipAveraged(resnet)
+    assert mirrored.id == outside.id
+    assert mirrored.onnx_path != resnet.onnx_path
+    np.testing.assert_allclose(mirrored.describe(chips), outside.describe(chips), atol=1e-6)
+    assert mirrored.describe(chips[:0]).shape == (0, 128)
+    settings = Settings(data=cache_dir.parent / "data")
+    built = build_descriptor(settings)
+    assert isinstance(built, DlibResnet) and built.id == outside.id
+
+
 def test_flip_averaged_onnx_descriptor_on_empty_input(resnet):
     flip = FlipAveraged(OnnxDescriptor(resnet.onnx_path, chip_size=150))
     assert flip.describe(np.zeros((0, 150, 150, 3), np.uint8)).shape == (0, 128)

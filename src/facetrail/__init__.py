@@ -10,9 +10,27 @@ with facetrail.open("gallery-dir") as ft:
 
 from __future__ import annotations
 
-from facetrail.config import Settings
+from typing import TYPE_CHECKING, Any
+
 from facetrail.errors import FacetrailError
-from facetrail.service.app import Facetrail, open
+
+if TYPE_CHECKING:
+    from facetrail.config import Settings
+    from facetrail.service.app import Facetrail, open
 
 __version__ = "0.1.0"
 __all__ = ["Facetrail", "FacetrailError", "Settings", "__version__", "open"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so that `import facetrail.vision...` (a GPU worker, a benchmark)
+    # does not pull in the store, the web framework and the settings machinery.
+    if name in ("Facetrail", "open"):
+        from facetrail.service import app
+
+        return getattr(app, name)
+    if name == "Settings":
+        from facetrail.config import Settings
+
+        return Settings
+    raise AttributeError(f"module 'facetrail' has no attribute {name!r}")

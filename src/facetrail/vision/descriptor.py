@@ -37,6 +37,11 @@ class DescriptorModel(Protocol):
         ...
 
 
+# TF32 matrix units would round every convolution's inputs to a 10-bit mantissa: descriptors
+# made on a GPU must stay interchangeable with the CPU's in one gallery (and within 1e-4 of dlib).
+PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+
+
 def onnx_session(
     path_or_bytes: Path | bytes, providers: list[str], threads: int, what: str = "descriptor model"
 ) -> ort.InferenceSession:
@@ -52,8 +57,9 @@ def onnx_session(
     available = set(ort.get_available_providers())
     chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
     source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    with_options = [(p, PROVIDER_OPTIONS[p]) if p in PROVIDER_OPTIONS else p for p in chosen]
     try:
-        return ort.InferenceSession(source, sess_options=options, providers=chosen)
+        return ort.InferenceSession(source, sess_options=options, providers=with_options)
     except Exception as exc:  # onnxruntime raises its own untyped errors
         raise ModelError(f"ONNX Runtime cannot load the {what}: {exc}") from exc
 
@@ -77,18 +83,26 @@ class DlibResnet:
         providers: list[str] | None = None,
         batch_size: int = 32,
         threads: int = 0,
+        mirror: bool = False,
     ) -> None:
+        """`mirror`: flip averaging inside the graph (the same descriptors, and the same id, as
+        `FlipAveraged(DlibResnet(...))`), `batch_size` chips (twice as many images) a run."""
         dat = models.descriptor_dat()
         digest = hashlib.sha256(dat.read_bytes()).hexdigest()
-        self.id = f"dlib-resnet-v1:{digest[:12]}"
+        self.id = f"dlib-resnet-v1:{digest[:12]}" + ("+flip" if mirror else "")
         self.batch_size = batch_size
-        path = cache_dir / f"dlib_resnet_{digest[:16]}_b{BUILDER_VERSION}.onnx"
+        variant = "_mirror" if mirror else ""
+        path = cache_dir / f"dlib_resnet_{digest[:16]}_b{BUILDER_VERSION}{variant}.onnx"
+
+        def build() -> None:
+            write_atomic(path, build_resnet_graph(dat.read_bytes(), mirror).SerializeToString())
+
         if not path.exists():
-            write_atomic(path, build_resnet_graph(dat.read_bytes()).SerializeToString())
+            build()
         try:
             self._session = onnx_session(path, providers or ["CPUExecutionProvider"], threads)
         except ModelError:  # a damaged cache file (torn copy, bad disk): build it afresh
-            write_atomic(path, build_resnet_graph(dat.read_bytes()).SerializeToString())
+            build()
             self._session = onnx_session(path, providers or ["CPUExecutionProvider"], threads)
         self.onnx_path = path
 

@@ -3,17 +3,19 @@ face_recognition_models. Nothing is downloaded; a missing package is a clear err
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from facetrail.errors import ModelError
 
 
 def _models_dir() -> Path:
-    try:
-        import face_recognition_models
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise ModelError("the face_recognition_models package is not installed") from exc
-    return Path(face_recognition_models.__file__).parent / "models"
+    # Found without importing it: its __init__ needs pkg_resources, which recent setuptools
+    # no longer ship, and facetrail only wants the files.
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the face_recognition_models package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
 def _file(name: str) -> Path:

@@ -41,7 +41,6 @@ class Analysed(Generic[T]):
 
 
 def build_descriptor(settings: Settings) -> DescriptorModel:
-    model: DescriptorModel
     if settings.descriptor == "onnx":
         if settings.onnx_model is None:
             raise FacetrailError("descriptor = 'onnx' needs onnx_model to name a model file")
@@ -53,9 +52,11 @@ def build_descriptor(settings: Settings) -> DescriptorModel:
             providers=settings.providers,
             batch_size=settings.batch_size,
         )
-    else:
-        model = DlibResnet(settings.cache_dir, settings.providers, settings.batch_size)
-    return FlipAveraged(model) if settings.flip_average else model
+        return FlipAveraged(model) if settings.flip_average else model
+    # facetrail's own graph mirrors and averages inside itself (no copy of the chips).
+    return DlibResnet(
+        settings.cache_dir, settings.providers, settings.batch_size, mirror=settings.flip_average
+    )
 
 
 class FaceAnalyzer:

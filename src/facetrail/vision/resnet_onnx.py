@@ -26,6 +26,8 @@ from facetrail.vision.dlib_format import Layer, read_layers
 # Bump when the graph this module builds changes, so cached graphs are rebuilt.
 BUILDER_VERSION = 1
 OPSET = 17
+# Slice's starts, ends, axes and steps that reverse the width axis of NHWC chips.
+_MIRROR_SLICE = (("start", -1), ("end", np.iinfo(np.int64).min), ("axis", 2), ("step", -1))
 
 
 class _Graph:
@@ -126,8 +128,12 @@ def _add(g: _Graph, a: str, b: str) -> str:
     return g.node("Add", [_pad_to(g, a, shape), _pad_to(g, b, shape)], shape)
 
 
-def build_resnet_graph(dat_bytes: bytes) -> onnx.ModelProto:
-    """Translate `dlib_face_recognition_resnet_model_v1.dat` into an ONNX model."""
+def build_resnet_graph(dat_bytes: bytes, mirror: bool = False) -> onnx.ModelProto:
+    """Translate `dlib_face_recognition_resnet_model_v1.dat` into an ONNX model.
+
+    `mirror`: the model describes each chip and its mirror image and outputs the mean of the
+    two (flip averaging) inside the graph, so that on a GPU the mirroring costs no host copy.
+    """
     layers = read_layers(dat_bytes, expect_head="loss_metric_2")
     if layers[0].kind != "input_rgb_image_sized":
         raise ModelError("descriptor model does not start with a sized RGB input layer")
@@ -135,7 +141,11 @@ def build_resnet_graph(dat_bytes: bytes) -> onnx.ModelProto:
     size = inp.ints["nr"]
     g = _Graph()
     mean = np.array([inp.floats["mean_r"], inp.floats["mean_g"], inp.floats["mean_b"]], np.float32)
-    x = g.node("Cast", ["chips"], None, to=TensorProto.FLOAT)
+    x = "chips"
+    if mirror:  # chips, then the same chips mirrored left to right
+        steps = [g.const(stem, np.array([v], np.int64)) for stem, v in _MIRROR_SLICE]
+        x = g.node("Concat", [x, g.node("Slice", [x, *steps], None)], None, axis=0)
+    x = g.node("Cast", [x], None, to=TensorProto.FLOAT)
     x = g.node("Transpose", [x], None, perm=[0, 3, 1, 2])
     x = g.node("Sub", [x, g.const("mean", mean.reshape(1, 3, 1, 1))], None)
     x = g.node("Mul", [x, g.const("scale", np.array(1 / 256, np.float32))], (3, size, size))
@@ -190,6 +200,9 @@ def build_resnet_graph(dat_bytes: bytes) -> onnx.ModelProto:
     n_out = rest[-1].ints.get("num_outputs", 0) if rest and rest[-1].kind == "fc_2" else 0
     if not n_out:
         raise ModelError("descriptor model does not end with a fully connected layer")
+    if mirror:  # (2n, d) -> (2, n, d) -> the mean of each chip's two descriptors
+        x = g.node("Reshape", [x, g.const("halves", np.array([2, -1, n_out], np.int64))], None)
+        x = g.node("ReduceMean", [x], None, axes=[0], keepdims=0)
     # A stable output name, so callers and tests can ask for it.
     g.nodes.append(helper.make_node("Identity", [x], ["descriptors"]))
     graph = helper.make_graph(
