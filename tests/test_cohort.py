@@ -5,6 +5,7 @@ from the command line."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import facetrail
 from conftest import CASE, Team, sql
@@ -177,6 +179,38 @@ def test_cli_cohort_build_list_erase(team: Team, strangers: Path) -> None:
         timeout=600,
     )
     assert refused.returncode != 0 and "may not gallery.enrol" in refused.stderr
+    admin = {**os.environ, **team.env("admin")}
+    for args, message in (
+        (["--closed-cases"], "policy does not allow a cohort from closed cases"),
+        ([str(strangers), "--closed-cases"], "give a FOLDER or --closed-cases"),
+        ([], "give a FOLDER or --closed-cases"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "facetrail", "cohort", "build", *args],
+            capture_output=True,
+            text=True,
+            env=admin,
+            timeout=600,
+        )
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "facetrail",
+            "policy",
+            "set",
+            "cohort_from_closed_cases",
+            "true",
+            "--reason",
+            "DPIA allows it",
+        ],
+        env=admin,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    assert run("build", "--closed-cases") == []  # no closed case yet
 
 
 def test_eval_identify_compare_reports_every_technique(
@@ -210,3 +244,73 @@ def test_eval_identify_compare_reports_every_technique(
     assert plain["rank1"] == pytest.approx(report["rank_hits"]["1"])
     assert (out / "identify_techniques.md").read_text().startswith("| templates |")
     assert report["calibrations"] == []  # only with --calibrate (administrators)
+
+
+def test_cohort_from_closed_cases_takes_only_faces_review_found_to_be_nobody(
+    team: Team, shared_data: Path, strangers: Path
+) -> None:
+    """Where policy allows, `cohort build --closed-cases` adds the kept probe faces of closed
+    cases whose review found nobody: not a confirmed match, not an inconclusive verdict, not
+    a candidate above the threshold left undecided; one source per case, audited, erasable."""
+    names = sorted(p.name for p in strangers.iterdir())[:3]
+    obama = shared_data / FR / "knn_examples/test/obama1.jpg"
+    probes = [obama, *(strangers / n for n in names)]
+    with _open(team, "admin") as ft:
+        ft.enrol([shared_data / FR / "knn_examples/train"])
+        inv = ft.as_caller(None)
+        inv.use_token(team.tokens["investigator"])
+        report = inv.search(probes, case=CASE, top_k=2, include_below=True)
+        view = inv.search_results(report.search_id)
+        by_probe: dict[str, list] = {}
+        for c in view.candidates:
+            by_probe.setdefault(Path(c.probe).name, []).append(c)
+        assert set(by_probe) == {p.name for p in probes}
+        top = {name: min(cands, key=lambda c: c.rank) for name, cands in by_probe.items()}
+        assert top[obama.name].subject == "obama" and top[obama.name].above_threshold
+        # The strangers' candidates are all below the threshold (nobody here is enrolled).
+        assert not any(c.above_threshold for n in names for c in by_probe[n])
+        inv.decide(top[obama.name].id, "match", note="same person")
+        inv.decide(top[names[1]].id, "no-match", note="different person")
+        inv.decide(top[names[2]].id, "inconclusive", note="cannot tell")
+
+        with pytest.raises(facetrail.FacetrailError, match="policy does not allow"):
+            ft.build_cohort_from_cases()
+        ft.set_policy("cohort_from_closed_cases", True, reason="DPIA 7 allows it")
+        assert ft.build_cohort_from_cases() == []  # the case is still open
+        inv.close_case(CASE)
+        with pytest.raises(facetrail.FacetrailError):
+            inv.build_cohort_from_cases()  # administrators only
+        [built] = ft.build_cohort_from_cases()
+        # names[0] (nothing decided, all below the threshold) and names[1] (no-match) only.
+        assert (built.source, built.images, built.added, built.duplicates) == (
+            f"case {CASE}",
+            2,
+            2,
+            0,
+        )
+        chips = {
+            c.id: sql(
+                team.data,
+                "SELECT f.chip_sha256 FROM candidates c JOIN probe_faces f ON f.id = c.face_id "
+                "WHERE c.id = ?",
+                c.id,
+            )[0][0]
+            for c in top.values()
+        }
+        stored = {r[0] for r in sql(team.data, "SELECT image_sha256 FROM cohort_faces")}
+        assert stored == {chips[top[names[0]].id], chips[top[names[1]].id]}
+        # The descriptor is the one the model gives the stored chip.
+        cohort = cohorts.load(ft.store, ft.analyzer.model_id)
+        assert cohort.vectors.shape == (2, 128)
+        png = ft.store.blobs.get(chips[top[names[1]].id])
+        chip = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[None]
+        expected = normalise(ft.analyzer.descriptor.describe(chip))[0]
+        assert np.abs(cohort.vectors - expected).max(axis=1).min() < 1e-5
+        again = ft.build_cohort_from_cases()
+        assert (again[0].added, again[0].duplicates) == (0, 2)
+        sources = [r.source for r in ft.cohort_sources()]
+        assert sources == [f"case {CASE}"]
+        actions = [r[0] for r in sql(team.data, "SELECT action FROM audit_events")]
+        assert actions.count("cohort.build") == 2
+        assert ft.erase_cohort(f"case {CASE}", reason="test").faces == 2
+        assert sql(team.data, "SELECT count(*) FROM cohort_faces") == [(0,)]

@@ -20,29 +20,46 @@ cohort_app = typer.Typer(
 @cohort_app.command("build")
 def build(
     folder: Annotated[
-        Path,
+        Path | None,
         typer.Argument(help="Folder of face images (any depth) of people who are not subjects."),
-    ],
+    ] = None,
     source: Annotated[
         str | None,
         typer.Option("--source", help="Name for these faces (default: the folder's name)."),
     ] = None,
+    closed_cases: Annotated[
+        bool,
+        typer.Option(
+            "--closed-cases",
+            help="Instead of a folder: the probe faces of closed cases that review found to "
+            "be nobody in the gallery, where policy allows (cohort_from_closed_cases).",
+        ),
+    ] = False,
     data: DataOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Describe the one clear face of each image and add it to the cohort (administrators).
     Only descriptors are kept, with the image's hash and the source; the images are not."""
+    if (folder is None) == (not closed_cases):
+        raise typer.BadParameter("give a FOLDER or --closed-cases, not both")
     with session(data, as_json) as ft, progress_bar("describing") as (total, advance):
-        report = ft.build_cohort(folder, source=source, progress=advance, on_total=total)
+        if closed_cases:
+            reports = ft.build_cohort_from_cases(progress=advance, on_total=total)
+        else:
+            assert folder is not None
+            reports = [ft.build_cohort(folder, source=source, progress=advance, on_total=total)]
     if as_json:
-        return emit_json(report)
-    out.print(
-        f"cohort source {report.source!r} ({report.model}): {report.added} face(s) added from "
-        f"{report.images} image(s), {report.duplicates} already in the cohort, "
-        f"{len(report.skipped)} skipped"
-    )
-    for item in report.skipped:
-        out.print(f"  skipped {item['image']}: {item['reason']}")
+        return emit_json(reports if closed_cases else reports[0])
+    if not reports:
+        out.print("no probe face of a closed case can join the cohort")
+    for report in reports:
+        out.print(
+            f"cohort source {report.source!r} ({report.model}): {report.added} face(s) added "
+            f"from {report.images} image(s), {report.duplicates} already in the cohort, "
+            f"{len(report.skipped)} skipped"
+        )
+        for item in report.skipped:
+            out.print(f"  skipped {item['image']}: {item['reason']}")
 
 
 def _table(rows: list) -> Table:  # type: ignore[type-arg]

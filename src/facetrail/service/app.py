@@ -785,6 +785,38 @@ class Facetrail(LiveDesk):
             progress=progress,
         )
 
+    def build_cohort_from_cases(
+        self,
+        *,
+        progress: Callable[[int], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
+    ) -> list[cohort.CohortBuildReport]:
+        """Add the kept probe faces of closed cases that review found to be nobody in the
+        gallery to the cohort, one source per case ("case REF"), where the policy's
+        `cohort_from_closed_cases` allows it. Described from their stored chips."""
+        caller = self._need(Op.ENROL)
+        with self._read() as s:
+            if not self._policy(s).cohort_from_closed_cases:
+                raise PolicyError(
+                    "policy does not allow a cohort from closed cases "
+                    "(policy set cohort_from_closed_cases true)"
+                )
+            faces = review.closed_case_faces(s)
+        if on_total:
+            on_total(len(faces))
+
+        def audit(s: Session, source: str, added: int) -> None:
+            self._audit(s, caller, "cohort.build", "cohort", [source], added=added)
+
+        return cohort.build_from_cases(
+            self.store,
+            self.analyzer,
+            faces,
+            created_by=caller.name,
+            on_write=audit,
+            progress=progress,
+        )
+
     def cohort_sources(self) -> list[cohort.CohortSource]:
         self._need(Op.GALLERY_READ)
         with self._read() as s:

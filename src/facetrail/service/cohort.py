@@ -15,6 +15,7 @@ scored against the cohort, and erased ones are dropped, so a search never pays f
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,10 +23,11 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from facetrail.errors import InvalidInputError, NotFoundError
+from facetrail.errors import FacetrailError, InvalidInputError, NotFoundError
 from facetrail.media import IMAGE_SUFFIXES, load_image
 from facetrail.service.enrol import reason_of, reference_face
 from facetrail.service.tables import CohortFace
@@ -132,19 +134,39 @@ def build(
             continue
         faces = result.faces
         assert faces is not None and faces.descriptors is not None
-        vector = normalise(faces.descriptors)[0].astype("<f4")
         rows.append(
-            {
-                "model": model,
-                "dim": int(vector.shape[0]),
-                "plain": vector.tobytes(),
-                "source": source,
-                "image_sha256": str(result.extra),
-                "quality": float(faces.quality[0]),
-                "created_by": created_by,
-            }
+            _row(
+                model,
+                faces.descriptors[0],
+                source,
+                str(result.extra),
+                float(faces.quality[0]),
+                created_by,
+            )
         )
-    added = duplicates = 0
+    added, duplicates = _write(store, model, rows, on_write)
+    return CohortBuildReport(source, model, len(paths), added, duplicates, skipped)
+
+
+def _row(model: str, vector: np.ndarray, source: str, sha: str, quality: float, by: str) -> dict:
+    vector = normalise(vector[None])[0].astype("<f4")
+    return {
+        "model": model,
+        "dim": int(vector.shape[0]),
+        "plain": vector.tobytes(),
+        "source": source,
+        "image_sha256": sha,
+        "quality": float(quality),
+        "created_by": by,
+    }
+
+
+def _write(
+    store: Store, model: str, rows: list[dict], on_write: Callable[[Session, int], None]
+) -> tuple[int, int]:
+    """Seal and insert `rows` in one transaction, skipping images already in the model's
+    cohort; `on_write(session, added)` runs inside it. Returns (added, duplicates)."""
+    duplicates = 0
     with store.session() as s:
         known = set(s.scalars(select(CohortFace.image_sha256).where(CohortFace.model == model)))
         fresh = []
@@ -158,9 +180,72 @@ def build(
             fresh.append(row)
         for start in range(0, len(fresh), WRITE_BATCH):
             s.add_all(CohortFace(**r) for r in fresh[start : start + WRITE_BATCH])
-        added = len(fresh)
-        on_write(s, added)
-    return CohortBuildReport(source, model, len(paths), added, duplicates, skipped)
+        on_write(s, len(fresh))
+    return len(fresh), duplicates
+
+
+@dataclass(frozen=True)
+class CaseFace:
+    """A kept probe face of a closed case that may join the cohort (see `closed_case_faces`)."""
+
+    case: str
+    chip_sha256: str
+    quality: float
+
+
+def case_source(reference: str) -> str:
+    return check_source(f"case {reference}")
+
+
+def build_from_cases(
+    store: Store,
+    analyzer: FaceAnalyzer,
+    faces: list[CaseFace],
+    *,
+    created_by: str,
+    on_write: Callable[[Session, str, int], None],
+    progress: Callable[[int], None] | None = None,
+) -> list[CohortBuildReport]:
+    """Describe the stored chips of `faces` and add them to the cohort, one source per case
+    ("case REFERENCE"). Only the descriptor is kept, named by the chip's hash."""
+    model = analyzer.model_id
+    size = analyzer.descriptor.chip_size
+    reports = []
+    by_case: dict[str, list[CaseFace]] = {}
+    for face in faces:
+        by_case.setdefault(face.case, []).append(face)
+    for reference, group in by_case.items():
+        source = case_source(reference)
+        chips, kept, skipped = [], [], []
+        for face in group:
+            chip = _chip(store, face.chip_sha256, size)
+            if chip is None:
+                reason = "stored chip unreadable, or of another model's size"
+                skipped.append({"image": face.chip_sha256, "reason": reason})
+            else:
+                chips.append(chip)
+                kept.append(face)
+            if progress:
+                progress(1)
+        rows = []
+        if chips:
+            vectors = analyzer.descriptor.describe(np.stack(chips))
+            rows = [
+                _row(model, v, source, f.chip_sha256, f.quality, created_by)
+                for v, f in zip(vectors, kept, strict=True)
+            ]
+        added, duplicates = _write(store, model, rows, lambda s, n, src=source: on_write(s, src, n))
+        reports.append(CohortBuildReport(source, model, len(group), added, duplicates, skipped))
+    return reports
+
+
+def _chip(store: Store, sha: str, size: int) -> np.ndarray | None:
+    try:
+        with Image.open(io.BytesIO(store.blobs.get(sha))) as image:
+            chip = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, FacetrailError):
+        return None
+    return chip if chip.shape == (size, size, 3) else None
 
 
 def sources(s: Session) -> list[CohortSource]:

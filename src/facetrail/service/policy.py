@@ -39,6 +39,11 @@ class Policy(BaseModel):
     # Live alerts (their rows and best shots) are deleted this many hours after they were
     # raised; faces that matched nothing in a live deployment are never stored at all.
     alert_retention_hours: int = Field(24, ge=0, le=8760)
+    # Whether `cohort build --closed-cases` may keep, as score-normalisation cohort, the
+    # descriptors of probe faces of closed cases that review found to be nobody in the gallery
+    # (descriptors only, after the probes themselves are purged). Off unless the force's
+    # data-protection assessment allows it.
+    cohort_from_closed_cases: bool = False
     # Accounts.
     token_days: int = Field(30, ge=1, le=366)
     min_password_length: int = Field(12, ge=8, le=256)

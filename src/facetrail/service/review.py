@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from facetrail.errors import InvalidInputError, NotFoundError, PolicyError
 from facetrail.service.access import Caller
 from facetrail.service.cases import check_text, get_case
+from facetrail.service.cohort import CaseFace
 from facetrail.service.enrol import png_bytes
 from facetrail.service.results import SearchReport
 from facetrail.service.search import Evidence
@@ -215,6 +216,55 @@ def _decisions(s: Session, candidate_ids: list[int]) -> dict[int, list[DecisionI
             DecisionInfo(d.id, d.verdict, d.note, name, d.at, d.supersedes, d.confirms)
         )
     return out
+
+
+def standing_verdicts(s: Session, candidate_ids: list[int]) -> dict[int, str]:
+    """The standing verdict of each decided candidate ("match", "no-match", ...)."""
+    out: dict[int, str] = {}
+    for start in range(0, len(candidate_ids), 500):
+        for cid, decisions in _decisions(s, candidate_ids[start : start + 500]).items():
+            now = current(decisions)
+            if now is not None:
+                out[cid] = now.verdict
+    return out
+
+
+def closed_case_faces(s: Session) -> list[CaseFace]:
+    """Probe faces of closed cases, not yet purged, that the review found to be nobody in
+    the gallery: every candidate's standing verdict is "no-match", or the face has only
+    candidates below the threshold that nobody marked a match. A face with a match, an
+    inconclusive verdict, or a candidate above the threshold left undecided may be a
+    subject, and a cohort must hold only people who are not."""
+    rows = s.execute(
+        select(Case.reference, ProbeFace.id, ProbeFace.chip_sha256, ProbeFace.quality)
+        .join(ProbeMedia, ProbeFace.media_id == ProbeMedia.id)
+        .join(Search, ProbeMedia.search_id == Search.id)
+        .join(Case, Search.case_id == Case.id)
+        .where(
+            Case.closed_at.is_not(None),
+            Search.purged_at.is_(None),
+            ProbeFace.chip_sha256.is_not(None),
+        )
+        .order_by(Case.reference, ProbeFace.id)
+    ).all()
+    if not rows:
+        return []
+    face_ids = [r[1] for r in rows]
+    candidates = []
+    for start in range(0, len(face_ids), 500):
+        chunk = face_ids[start : start + 500]
+        candidates += s.execute(
+            select(
+                CandidateRecord.id, CandidateRecord.face_id, CandidateRecord.above_threshold
+            ).where(CandidateRecord.face_id.in_(chunk))
+        ).all()
+    verdicts = standing_verdicts(s, [c[0] for c in candidates])
+    excluded = {
+        face
+        for cid, face, above in candidates
+        if verdicts.get(cid, "undecided" if above else "no-match") != "no-match"
+    }
+    return [CaseFace(r[0], r[2], float(r[3])) for r in rows if r[1] not in excluded]
 
 
 def current(decisions: list[DecisionInfo]) -> DecisionInfo | None:
