@@ -5,6 +5,7 @@ from the command line."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -21,6 +22,7 @@ import facetrail
 from conftest import CASE, Team, sql
 from facetrail.media import load_image
 from facetrail.service import cohort as cohorts
+from facetrail.store.crypto import OVERHEAD
 from facetrail.vision.compare import normalise
 from facetrail.vision.normalisation import cohort_stats
 
@@ -314,3 +316,24 @@ def test_cohort_from_closed_cases_takes_only_faces_review_found_to_be_nobody(
         assert actions.count("cohort.build") == 2
         assert ft.erase_cohort(f"case {CASE}", reason="test").faces == 2
         assert sql(team.data, "SELECT count(*) FROM cohort_faces") == [(0,)]
+
+
+def test_encrypt_existing_seals_cohort_faces(team: Team, strangers: Path) -> None:
+    """A cohort built before a key was configured is sealed by `encrypt_existing`: its plain
+    vectors are gone from the files, and it still normalises searches with the key."""
+    with _open(team, "admin") as ft:
+        assert ft.build_cohort(strangers, source="strangers").added == 8
+        model = ft.analyzer.model_id
+        plain = cohorts.load(ft.store, model).vectors
+    key = base64.b64encode(os.urandom(32)).decode()
+    with facetrail.open(team.data, token=team.tokens["admin"], encryption_key=key) as ft:
+        counts = ft.encrypt_existing()
+        assert counts["cohort_faces"] == 8
+        assert ft.encrypt_existing()["cohort_faces"] == 0  # idempotent
+        np.testing.assert_array_equal(cohorts.load(ft.store, model).vectors, plain)
+    on_disk = _all_bytes(team.data)
+    assert not any(v.astype("<f4").tobytes() in on_disk for v in plain)
+    sizes = {r[0] for r in sql(team.data, "SELECT length(vector) FROM cohort_faces")}
+    assert sizes == {128 * 4 + OVERHEAD}  # sealed: header and tag around each vector
+    actions = sql(team.data, "SELECT details FROM audit_events WHERE action = 'storage.encrypt'")
+    assert len(actions) == 2

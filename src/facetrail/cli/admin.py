@@ -130,14 +130,16 @@ def key_generate(
 
 @key_app.command("encrypt-existing")
 def key_encrypt_existing(data: DataOpt = None, as_json: JsonOpt = False) -> None:
-    """Encrypt the images, crops and templates stored before a key was configured."""
+    """Encrypt the images, crops, templates and cohort faces stored before a key was
+    configured."""
     with session(data, as_json) as ft:
         counts = ft.encrypt_existing()
     show(
         counts,
         as_json,
         lambda c: out.print(
-            f"encrypted {c['blobs']} stored file(s) and {c['templates']} template(s)"
+            f"encrypted {c['blobs']} stored file(s), {c['templates']} template(s) and "
+            f"{c['cohort_faces']} cohort face(s)"
         ),
     )
 

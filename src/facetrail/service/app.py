@@ -1402,11 +1402,16 @@ class Facetrail(LiveDesk):
         return retention.RetentionReport(policy.model_dump(), deleted, due)
 
     def encrypt_existing(self) -> dict[str, int]:
-        """Encrypt images, crops and templates stored before a key was configured."""
+        """Encrypt images, crops, templates and cohort faces stored before a key was
+        configured."""
         caller = self._need(Op.STORAGE)
         counts = self.store.encrypt_existing()
         with self._write() as s:
+            counts["cohort_faces"] = cohort.seal_existing(self.store, s)
             self._audit(s, caller, "storage.encrypt", None, [], **counts)
+        # The plain rows' old pages: zeroed when freed (secure_delete), and the WAL's copies
+        # of them truncated away, as after an erasure.
+        self.store._checkpoint()
         return counts
 
     # -- evaluation ------------------------------------------------------------------------
