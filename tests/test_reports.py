@@ -500,3 +500,60 @@ def test_a_calibration_from_scores_is_the_one_from_all_pairs() -> None:
     whole = fit_calibration(vectors, labels, model="m", source="s")
     listed = fit_calibration_scores(scores[same], scores[~same], model="m", source="s")
     assert listed == whole
+
+
+def test_calibrate_with_a_cohort_calibrates_normalised_scores_too(
+    lfw80: Path, tmp_path: Path
+) -> None:
+    """A force's own calibration replaces LFW's for normalised searches too: without a cohort
+    searches fall back to plain scores with the own table (never the packaged normalised one
+    beside it); with one, `calibrate` fits the normalised table on the same comparisons
+    against that cohort, saves it with the plain one, and searches use it."""
+    import shutil
+
+    import facetrail
+    from facetrail.vision.calibration import normalised_model
+
+    team = make_team(tmp_path / "data", approvals=False)
+    cache = tmp_path / "cache"
+    # Eight people with a single image, from the far end of the alphabet: none of them is
+    # among the first 80 people that the calibration describes.
+    strangers = tmp_path / "strangers"
+    strangers.mkdir()
+    singles = [p for p in sorted(lfw80.iterdir(), reverse=True) if len(list(p.glob("*.jpg"))) == 1]
+    for person in singles[:8]:
+        image = next(person.glob("*.jpg"))
+        shutil.copy(image, strangers / image.name)
+
+    def admin() -> facetrail.Facetrail:
+        return facetrail.open(team.data, token=team.tokens["admin"], cohort_top_k=4)
+
+    with admin() as ft:
+        first = ft.calibrate(lfw80, limit=80, cache=cache)
+        assert first.saved and first.normalised is None
+        assert any("no cohort" in note for note in first.notes)
+        assert ft.build_cohort(strangers, source="strangers").added == 8
+        scoring = ft.search_scoring()
+        # The cohort exists and LFW's normalised table ships, but scores were calibrated on
+        # this population: plain scores with the own table.
+        assert scoring.normaliser is None
+        assert scoring.calibration.source == first.source  # type: ignore[union-attr]
+
+        second = ft.calibrate(lfw80, limit=80, cache=cache)
+        normalised = second.normalised
+        assert normalised is not None and normalised["saved"]
+        assert normalised["cohort_faces"] == 8 and normalised["top_k"] == 4
+        model = normalised_model(ft.analyzer.model_id, "as-norm+cosine")
+        assert normalised["model"] == model and Path(normalised["saved"]).is_file()
+        scoring = ft.search_scoring()
+        assert scoring.normaliser is not None
+        table = scoring.calibration
+        assert table is not None and (table.model, table.source) == (model, second.source)
+        # The same comparisons as the plain table, on the normalised scale.
+        assert table.impostor_comparisons == second.impostor_comparisons
+        assert table.genuine_comparisons == second.genuine_comparisons
+        assert scoring.threshold == pytest.approx(normalised["threshold"], abs=1e-3)
+        assert scoring.threshold > 2  # not a cosine
+    event = events(team)[-1]
+    assert event["action"] == "calibrate"
+    assert event["details"]["normalised_file"] == Path(normalised["saved"]).name

@@ -101,9 +101,17 @@ def calibrate(
                 f"in use now ({run.previous['source']}): threshold {before['threshold']:.4f} "
                 f"at FMR {run.target.target_fmr:g}"
             )
+    if run.normalised is not None:
+        n = run.normalised
+        out.print(
+            f"normalised scores ({n['method']}, against the cohort of {n['cohort_faces']} "
+            f"faces): threshold {_score(n['threshold'])} at FMR {run.target.target_fmr:g}"
+        )
     for note in run.notes:
         out.print(f"note: {note}")
     if run.saved:
         out.print(f"calibration saved: {run.saved}")
+        if run.normalised is not None and run.normalised["saved"]:
+            out.print(f"calibration of normalised scores saved: {run.normalised['saved']}")
     else:
         out.print("dry run: nothing saved")

@@ -30,9 +30,25 @@ import numpy as np
 from facetrail.errors import InvalidInputError, ModelError
 from facetrail.evaluation.descriptors import describe_images
 from facetrail.evaluation.protocols import IMAGE_SUFFIXES, list_identities, read_group_labels
-from facetrail.vision.calibration import Calibration, fit_calibration, fit_calibration_scores
+from facetrail.vision.calibration import (
+    Calibration,
+    fit_calibration,
+    fit_calibration_scores,
+    fit_score_calibration,
+    normalised_model,
+)
+from facetrail.vision.normalisation import (
+    DEFAULT_TOP_K,
+    Method,
+    cohort_stats,
+    normalise_pairs,
+    normalised_comparisons,
+)
 from facetrail.vision.pipeline import FaceAnalyzer
 
+# How a calibration fitted here names its source: searches tell a force's own calibration from
+# the packaged ones by it.
+OWN_DATA = "own data"
 _YES = {"yes", "y", "true", "1", "same", "match", "genuine"}
 _NO = {"no", "n", "false", "0", "different", "non-match", "impostor"}
 
@@ -70,6 +86,10 @@ class CalibrationRun:
     previous: dict | None = None  # the calibration in use before, summarised
     saved: str | None = None  # the file written (None: a dry run, or not usable)
     dry_run: bool = False
+    # The calibration of normalised scores fitted on the same comparisons against the data
+    # directory's cohort (None: no cohort, or normalisation off): model, method, cohort
+    # faces, top_k, threshold at the target FMR, and the file once saved.
+    normalised: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,17 +171,22 @@ def run_calibration(
     required_fmr: float,
     limit: int | None = None,
     cache: Path | None = None,
+    cohort: np.ndarray | None = None,
+    method: Method = "as-norm+cosine",
+    top_k: int = DEFAULT_TOP_K,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
-) -> tuple[CalibrationRun, Calibration | None]:
+) -> tuple[CalibrationRun, Calibration | None, Calibration | None]:
     """Describe the labelled images and fit a calibration; (the run's summary, the table or
-    None where the data hold no impostor or no genuine comparison)."""
+    None where the data hold no impostor or no genuine comparison, and with a `cohort` the
+    table of the same comparisons' `method` scores, normalised as a search normalises them)."""
     if not root.is_dir():
         raise InvalidInputError(f"{root} is not a folder")
     if not 0 < target_fmr < 1:
         raise InvalidInputError(f"target FMR {target_fmr} is not between 0 and 1")
     pairs_list = labels is not None and _columns(labels) >= 3
-    source = f"own data {root.name}" + (f" ({labels.name})" if labels else "")
+    normed_scores: tuple[np.ndarray, np.ndarray] | None = None  # (impostor, genuine)
+    source = f"{OWN_DATA} {root.name}" + (f" ({labels.name})" if labels else "")
     if pairs_list:
         assert labels is not None
         pairs = read_pairs_csv(labels)
@@ -185,6 +210,10 @@ def run_calibration(
         except ModelError:
             calibration = None
         genuine, impostor = int(same.sum()), int((~same).sum())
+        if calibration is not None and cohort is not None:
+            stats = cohort_stats(vectors, cohort, top_k)
+            normed = normalise_pairs(scores, method, stats.take(a), stats.take(b))
+            normed_scores = (normed[~same], normed[same])
     else:
         names, who = _identities(root, labels, limit)
         vectors, counts = describe_images(root, names, analyzer, cache, progress, on_total)
@@ -194,9 +223,16 @@ def run_calibration(
             calibration = fit_calibration(vectors, identity, model=analyzer.model_id, source=source)
         except ModelError:
             calibration = None
+        if calibration is not None and cohort is not None:
+            normed_scores = normalised_comparisons(vectors, identity, cohort, method, top_k)
         _, sizes = np.unique(identity, return_counts=True)
         genuine = int((sizes * (sizes - 1) // 2).sum())
         impostor = len(names) * (len(names) - 1) // 2 - genuine
+    normalised = None
+    if normed_scores is not None:
+        normalised = fit_score_calibration(
+            *normed_scores, model=normalised_model(analyzer.model_id, method), source=source
+        )
     notes: list[str] = []
     if counts.get("no_face"):
         notes.append(
@@ -232,7 +268,7 @@ def run_calibration(
             operating_points=[],
             usable=False,
         )
-        return run, None
+        return run, None, None
     target = operating_point(calibration, target_fmr)
     points = [operating_point(calibration, f) for f in (1e-2, 1e-3, 1e-4, 1e-5)]
     if not target.measurable:
@@ -257,4 +293,16 @@ def run_calibration(
         operating_points=points,
         usable=usable,
     )
-    return run, calibration
+    if normalised is not None:
+        assert cohort is not None
+        at_target = operating_point(normalised, target_fmr)
+        run.normalised = {
+            "model": normalised.model,
+            "method": method,
+            "cohort_faces": len(cohort),
+            "top_k": top_k,
+            "threshold": at_target.threshold,
+            "fnmr": at_target.fnmr,
+            "saved": None,
+        }
+    return run, calibration, normalised

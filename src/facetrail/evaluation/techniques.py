@@ -31,8 +31,7 @@ from facetrail.vision.normalisation import (
     CohortScorer,
     Fusion,
     Method,
-    cohort_stats,
-    normalise_scores,
+    normalised_comparisons,
 )
 
 
@@ -175,23 +174,11 @@ def normalised_calibration(
     paired = [img for imgs in people.values() if len(imgs) >= 2 for img in imgs]
     labels = np.array([img.split("/", 1)[0] for img in paired])
     cohort = np.stack([vectors[imgs[0]] for imgs in people.values() if len(imgs) == 1])
-    x = np.stack([vectors[n] for n in paired]).astype(np.float32)
-    stats = cohort_stats(x, cohort, top_k)
-    codes = np.unique(labels, return_inverse=True)[1]
-    imp: list[np.ndarray] = []
-    gen: list[np.ndarray] = []
-    n = len(x)
-    for start in range(0, n, chunk):
-        rows = np.arange(start, min(n, start + chunk))
-        raw = (x[rows] @ x.T).astype(np.float64)
-        normed = normalise_scores(raw, method, stats.take(rows), stats)
-        upper = np.arange(n)[None, :] > rows[:, None]  # each unordered pair once
-        same = codes[rows][:, None] == codes[None, :]
-        imp.append(normed[upper & ~same].astype(np.float32))
-        gen.append(normed[upper & same].astype(np.float32))
+    x = np.stack([vectors[n] for n in paired])
+    impostor, genuine = normalised_comparisons(x, labels, cohort, method, top_k, chunk)
     return fit_score_calibration(
-        np.concatenate(imp),
-        np.concatenate(gen),
+        impostor,
+        genuine,
         model=normalised_model(model, method),
         source=source,
     )

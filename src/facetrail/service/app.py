@@ -31,6 +31,7 @@ from facetrail.errors import (
     NotFoundError,
     PolicyError,
 )
+from facetrail.evaluation.calibrate import OWN_DATA
 from facetrail.evaluation.lfw import LfwReport, evaluate_lfw
 from facetrail.files import write_atomic
 from facetrail.service import (
@@ -738,9 +739,17 @@ class Facetrail(LiveDesk):
         if self._policy().threshold_floor is not None:
             return plain
         model = self.analyzer.model_id
-        calibration = find_calibration(
-            normalised_model(model, s.score_normalisation), self.calibration_dir
-        )
+        normalised = normalised_model(model, s.score_normalisation)
+        own = self.calibration_dir
+        if (
+            plain.calibration is not None
+            and plain.calibration.source.startswith(OWN_DATA)
+            and not (own / calibration_file(normalised)).is_file()
+        ):
+            # Scores are calibrated on this force's own faces (`calibrate`), normalised
+            # scores not: the packaged table would show LFW's rates, so plain scores it is.
+            return plain
+        calibration = find_calibration(normalised, own)
         if calibration is None:
             return plain
         normaliser = self._shared.cohort_stats.normaliser(
@@ -1542,7 +1551,14 @@ class Facetrail(LiveDesk):
         if policy.threshold_floor is None:
             asked.append(policy.floor_fmr)
         previous = find_calibration(self.analyzer.model_id, self.calibration_dir)
-        run, calibration = run_calibration(
+        # Searches normalise their scores against the cohort when there is one: the same
+        # comparisons, normalised against it, calibrate those scores for this population too.
+        method = self.settings.score_normalisation
+        cohort_vectors = None
+        if method != "none":
+            found = cohort.load(self.store, self.analyzer.model_id).vectors
+            cohort_vectors = found if len(found) >= self.settings.cohort_top_k else None
+        run, calibration, normalised = run_calibration(
             Path(root),
             self.analyzer,
             labels=Path(labels) if labels is not None else None,
@@ -1550,9 +1566,18 @@ class Facetrail(LiveDesk):
             required_fmr=min(asked),
             limit=limit,
             cache=Path(cache) if cache is not None else None,
+            cohort=cohort_vectors,
+            method=method,  # type: ignore[arg-type]
+            top_k=self.settings.cohort_top_k,
             progress=progress,
             on_total=on_total,
         )
+        if normalised is None and method != "none":
+            run.notes.append(
+                "no cohort of at least cohort_top_k faces: searches use plain cosine scores "
+                "with this calibration until a cohort is built (`cohort build`) and "
+                "`calibrate` is run again"
+            )
         run.previous = previous.summary() if previous is not None else None
         run.dry_run = dry_run
         if dry_run:
@@ -1560,8 +1585,11 @@ class Facetrail(LiveDesk):
         if calibration is None or not run.usable:
             raise PolicyError("calibration not saved: " + "; ".join(run.notes))
         path = self.calibration_dir / calibration_file(calibration.model)
+        normalised_path = None
+        if normalised is not None:
+            normalised_path = self.calibration_dir / calibration_file(normalised.model)
         with self._write() as s:
-            # The event first, the file in the same transaction: a file that cannot be
+            # The event first, the files in the same transaction: a file that cannot be
             # written rolls the event back, so the trail never claims a change not made.
             self._audit(
                 s,
@@ -1576,9 +1604,21 @@ class Facetrail(LiveDesk):
                 target_fmr=run.target.target_fmr,
                 threshold=run.target.threshold,
                 previous=previous.source if previous is not None else None,
+                normalised_file=normalised_path.name if normalised_path else None,
             )
             calibration.save(path)
+            if normalised is not None and normalised_path is not None:
+                normalised.save(normalised_path)
+            elif method != "none":
+                # A normalised table from before does not describe this population: without
+                # its own, normalised search stays off (see `search_scoring`).
+                stale = self.calibration_dir / calibration_file(
+                    normalised_model(calibration.model, method)
+                )
+                stale.unlink(missing_ok=True)
         run.saved = str(path)
+        if run.normalised is not None and normalised_path is not None:
+            run.normalised["saved"] = str(normalised_path)
         return run
 
     def save_calibration(self, calibration: Calibration) -> Path:

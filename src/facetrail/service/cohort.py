@@ -34,10 +34,10 @@ from facetrail.service.tables import CohortFace
 from facetrail.store import Store
 from facetrail.vision.compare import normalise
 from facetrail.vision.normalisation import (
-    COSINE_WEIGHT,
     DEFAULT_TOP_K,
     CohortStats,
     cohort_stats,
+    normalise_with,
 )
 from facetrail.vision.pipeline import FaceAnalyzer
 
@@ -421,17 +421,20 @@ class Normaliser:
     def normalise(self, queries: np.ndarray, raw: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Normalised scores of `raw` (queries x k) whose templates are `ids` (-1: padding)."""
         probe = cohort_stats(queries, self.cohort.vectors, self.top_k)
+        p_mean, p_std = probe.mean[:, None], probe.std[:, None]
         pos = np.clip(np.searchsorted(self.template_ids, ids), 0, len(self.template_ids) - 1)
         found = (ids >= 0) & (self.template_ids[pos] == ids)
-        mean = np.where(found, self.template_stats.mean[pos], 0.0)
-        std = np.where(found, self.template_stats.std[pos], 1.0)
-        z = (raw - probe.mean[:, None]) / probe.std[:, None]
-        t = (raw - mean) / std
         # A template enrolled after these statistics were taken (a race with an enrolment)
-        # is judged on the probe side alone rather than dropped; padding stays -inf.
-        out = np.where(found, 0.5 * (z + t), z)
-        if self.method == "as-norm+cosine":
-            out = out + COSINE_WEIGHT * raw
+        # is judged on the probe side alone rather than dropped: given the probe's statistics
+        # in place of its own, its two sides agree. Padding stays -inf.
+        mean = np.where(found, self.template_stats.mean[pos], p_mean)
+        std = np.where(found, self.template_stats.std[pos], p_std)
+        out = normalise_with(
+            np.asarray(raw, np.float64),
+            self.method,
+            (p_mean, p_std),
+            (mean, std),  # type: ignore[arg-type]
+        )
         return np.where(ids >= 0, out, -np.inf)
 
 

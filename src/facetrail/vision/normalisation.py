@@ -110,18 +110,35 @@ def normalise_scores(
     s-norm both must have been computed with all cohort scores (top_k None), for the others
     with the method's top_k. "none" returns the raw scores.
     """
-    s = np.asarray(raw, np.float64)
+    p = None if probe is None else (probe.mean[:, None], probe.std[:, None])
+    g = None if gallery is None else (gallery.mean[None, :], gallery.std[None, :])
+    return normalise_with(np.asarray(raw, np.float64), method, p, g)
+
+
+def normalise_pairs(raw: np.ndarray, method: Method, a: CohortStats, b: CohortStats) -> np.ndarray:
+    """Normalised scores of n listed comparisons: raw[i] compares a face with statistics
+    a[i] (the probe side) to one with b[i] (the template side)."""
+    return normalise_with(np.asarray(raw, np.float64), method, (a.mean, a.std), (b.mean, b.std))
+
+
+def normalise_with(
+    s: np.ndarray,
+    method: Method,
+    probe: tuple[np.ndarray, np.ndarray] | None,
+    gallery: tuple[np.ndarray, np.ndarray] | None,
+) -> np.ndarray:
+    """The formulas of the module docstring, on (mean, std) arrays that broadcast to `s`."""
     if method == "none":
         return s
     z = t = None
     if method in ("z-norm", "s-norm", "as-norm", "as-norm+cosine"):
         if probe is None:
             raise ValueError(f"{method} needs the probes' cohort statistics")
-        z = (s - probe.mean[:, None]) / probe.std[:, None]
+        z = (s - probe[0]) / probe[1]
     if method in ("t-norm", "s-norm", "as-norm", "as-norm+cosine"):
         if gallery is None:
             raise ValueError(f"{method} needs the templates' cohort statistics")
-        t = (s - gallery.mean[None, :]) / gallery.std[None, :]
+        t = (s - gallery[0]) / gallery[1]
     if method == "as-norm+cosine":
         assert z is not None and t is not None
         return 0.5 * (z + t) + COSINE_WEIGHT * s
@@ -130,6 +147,35 @@ def normalise_scores(
     out = z if z is not None else t
     assert out is not None
     return out
+
+
+def normalised_comparisons(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    cohort: np.ndarray,
+    method: Method,
+    top_k: int | None = DEFAULT_TOP_K,
+    chunk: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(impostor, genuine) normalised scores of every pair of `vectors` (unit descriptors),
+    genuine where the labels agree, each side normalised against `cohort` as a search
+    normalises a probe and a template: what a calibration of normalised scores is fitted on."""
+    x = np.asarray(vectors, np.float32)
+    stats = cohort_stats(x, cohort, top_k)
+    codes = np.unique(np.asarray(labels), return_inverse=True)[1]
+    imp: list[np.ndarray] = []
+    gen: list[np.ndarray] = []
+    n = len(x)
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(n, start + chunk))
+        normed = normalise_scores(
+            (x[rows] @ x.T).astype(np.float64), method, stats.take(rows), stats
+        )
+        upper = np.arange(n)[None, :] > rows[:, None]  # each unordered pair once
+        same = codes[rows][:, None] == codes[None, :]
+        imp.append(normed[upper & ~same].astype(np.float32))
+        gen.append(normed[upper & same].astype(np.float32))
+    return np.concatenate(imp), np.concatenate(gen)
 
 
 def fuse_templates(
