@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from facetrail.errors import FacetrailError, InvalidInputError, NotFoundError
@@ -249,24 +249,8 @@ def _chip(store: Store, sha: str, size: int) -> np.ndarray | None:
 
 
 def seal_existing(store: Store, s: Session) -> int:
-    """Seal the cohort rows written before a key was configured (a plain row is exactly
-    dim x 4 bytes long), in `s`; returns how many."""
-    last = sealed = 0
-    while True:
-        rows = s.execute(
-            select(CohortFace.id, CohortFace.model, CohortFace.vector)
-            .where(CohortFace.id > last, func.length(CohortFace.vector) == CohortFace.dim * 4)
-            .order_by(CohortFace.id)
-            .limit(WRITE_BATCH)
-        ).all()
-        if not rows:
-            return sealed
-        s.execute(
-            update(CohortFace),
-            [{"id": i, "vector": store._seal_template(v, _context_model(m))} for i, m, v in rows],
-        )
-        sealed += len(rows)
-        last = int(rows[-1][0])
+    """Seal the cohort rows written before a key was configured, in `s`; returns how many."""
+    return store.seal_plain_vectors(s, CohortFace, _context_model)
 
 
 def sources(s: Session) -> list[CohortSource]:

@@ -1155,7 +1155,7 @@ class Store:
         """
         if self._cipher is None:
             raise InvalidInputError(f"no encryption key configured ({KEY_HINT})")
-        blobs = templates = 0
+        blobs = 0
         with self.session(write=True) as s:
             try:
                 temporary = self.blobs.remove_temporary_files()
@@ -1163,23 +1163,31 @@ class Store:
                     blobs += self.blobs.seal_existing(sha)
             except OSError as e:
                 raise StoreError(f"cannot encrypt the blob store: {e.strerror}") from None
-            last = 0
-            while True:
-                rows = s.execute(
-                    select(Template.id, Template.model, Template.vector)
-                    .where(Template.id > last, func.length(Template.vector) == Template.dim * 4)
-                    .order_by(Template.id)
-                    .limit(_IN_CHUNK)
-                ).all()
-                if not rows:
-                    break
-                s.execute(
-                    update(Template),
-                    [{"id": tid, "vector": self._seal_template(v, m)} for tid, m, v in rows],
-                )
-                templates += len(rows)
-                last = int(rows[-1][0])
+            templates = self.seal_plain_vectors(s, Template)
         return {"blobs": blobs, "templates": templates, "temporary_files": temporary}
+
+    def seal_plain_vectors(
+        self, s: Session, table: Any, context: Callable[[str], str] = lambda model: model
+    ) -> int:
+        """Seal, in `s`, the rows of `table` (a mapped class with id, model, dim and vector
+        columns, as templates and cohort faces have) still stored plain: exactly dim x 4
+        bytes long. `context(model)` is what each vector is sealed to. Returns how many."""
+        last = sealed = 0
+        while True:
+            rows = s.execute(
+                select(table.id, table.model, table.vector)
+                .where(table.id > last, func.length(table.vector) == table.dim * 4)
+                .order_by(table.id)
+                .limit(_IN_CHUNK)
+            ).all()
+            if not rows:
+                return sealed
+            s.execute(
+                update(table),
+                [{"id": i, "vector": self._seal_template(v, context(m))} for i, m, v in rows],
+            )
+            sealed += len(rows)
+            last = int(rows[-1][0])
 
     def subject_names(self, subject_ids: Iterable[int]) -> dict[int, str]:
         """Names of the given subject ids; ids that no longer exist are left out."""
