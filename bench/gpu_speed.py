@@ -92,7 +92,6 @@ def _gpu_name() -> str:
 def run(inputs: Path, count: int, repeats: int, report: Path | None, provider: str) -> int:
     import onnxruntime as ort
 
-    from facetrail.vision import mmod
     from facetrail.vision.descriptor import DlibResnet, FlipAveraged
     from facetrail.vision.detector import HogDetector
     from facetrail.vision.mmod import CnnDetector
@@ -140,20 +139,8 @@ def run(inputs: Path, count: int, repeats: int, report: Path | None, provider: s
     result["flip_averaged_on_the_host_faces_per_s"] = count / took
     result["descriptor_gpu"] = rows
 
-    # CNN detection: frames per second on the GPU by frames per run; HOG (CPU) beside it;
-    # the time spent building the tiled pyramid on the host, by wrapping mmod.tile_levels.
+    # CNN detection: frames per second on the GPU by frames per run; HOG (CPU) beside it.
     hog = HogDetector(min_face=40)
-    tiling: list[float] = []
-    tile_levels = mmod.tile_levels
-
-    def timed_tiling(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return tile_levels(*args, **kwargs)
-        finally:
-            tiling.append(time.perf_counter() - start)
-
-    mmod.tile_levels = timed_tiling
     det_rows = []
     for key in ("frames_640x480", "frames_1280x720"):
         frames = list(data[key])
@@ -168,10 +155,8 @@ def run(inputs: Path, count: int, repeats: int, report: Path | None, provider: s
                 and (not len(a.boxes) or float(np.abs(a.boxes - b.boxes).max()) <= 1.0)
                 for a, b in zip(found, cpu_boxes, strict=True)
             )
-            tiling.clear()
             per_frame = _median_time(lambda d=det, fr=frames: d.detect_batch(fr), repeats)
             per_frame /= len(frames)
-            tile_ms = 1000 * sum(tiling) / ((repeats + 1) * len(frames))
             det_rows.append(
                 {
                     "size": key.removeprefix("frames_"),
@@ -179,7 +164,6 @@ def run(inputs: Path, count: int, repeats: int, report: Path | None, provider: s
                     "gpu_cnn_frames_per_s": 1 / per_frame,
                     "cpu_hog_ms_per_frame": hog_s * 1000,
                     "gpu_cnn_ms_per_frame": per_frame * 1000,
-                    "host_tiling_ms_per_frame": tile_ms,
                     "boxes_equal_cpu_cnn": same,
                     "faces_in_first_4": sum(len(d.boxes) for d in found),
                 }

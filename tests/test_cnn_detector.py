@@ -10,6 +10,8 @@ facetrail enlarges as dlib's upsampling does, so the boxes are again dlib's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dlib
@@ -20,9 +22,29 @@ from PIL import Image
 
 from facetrail.errors import InvalidInputError, ModelError
 from facetrail.media import load_image
+from facetrail.vision.descriptor import onnx_session
 from facetrail.vision.detector import Detections
-from facetrail.vision.mmod import CnnDetector, _resize_bilinear, pyramid_layout, tile_pyramid
-from facetrail.vision.mmod_format import read_mmod
+from facetrail.vision.mmod import (
+    CnnDetector,
+    _pyramid_down_rect,
+    _resize_bilinear,
+    decode,
+    planes_of,
+    pyramid_layout,
+    suppress,
+    tile_levels,
+    tile_pyramid,
+)
+from facetrail.vision.mmod_format import MmodNet, read_mmod
+from facetrail.vision.mmod_onnx import (
+    FRAMES,
+    INPUT,
+    RESIZE_INPUT,
+    RESIZE_SIZES,
+    build_mmod_graph,
+    build_pyramid_graph,
+    build_resize_graph,
+)
 
 FR = "examples/face_recognition"
 # (image, crop x1, y1, x2, y2, faces dlib finds there at scale 1)
@@ -265,10 +287,87 @@ def test_pyramid_layout_tiles_without_overlap():
                 assert apart
 
 
+def _ort_resize() -> Callable[[np.ndarray, int, int], np.ndarray]:
+    """The graphs' Resize on its own (`build_resize_graph`), as a `tile_levels` resize."""
+    session = onnx_session(build_resize_graph().SerializeToString(), ["CPUExecutionProvider"], 0)
+
+    def resize(planes: np.ndarray, nr: int, nc: int) -> np.ndarray:
+        sizes = np.array([*planes.shape[:2], nr, nc], np.int64)
+        return session.run(None, {RESIZE_INPUT: planes, RESIZE_SIZES: sizes})[0]
+
+    return resize
+
+
 def test_onnx_resize_matches_dlibs_interpolation(at_scale1):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 60, 80, 3), dtype=np.uint8)
     exact, rects = tile_pyramid(images, at_scale1.net, _resize_bilinear)
-    fast, rects2 = tile_pyramid(images, at_scale1.net, at_scale1._resize_levels)
+    fast, rects2 = tile_pyramid(images, at_scale1.net, _ort_resize())
     np.testing.assert_array_equal(rects, rects2)
     assert np.abs(exact - fast).max() < 1e-4
+
+
+def _numpy_pyramid(frames: np.ndarray, net: MmodNet, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tiled pyramid built step by step on the host, as the detector did before the graph:
+    dlib's pyramid_up `levels` times (bilinear to 2r+1 x 2c+2, truncated), then tile_levels."""
+    resize = _ort_resize()
+    planes = planes_of(frames)
+    for _ in range(levels):
+        rows, cols = planes.shape[2:]
+        planes = np.floor(resize(planes, 2 * rows + 1, 2 * cols + 2))
+    return tile_levels(planes, net, resize)
+
+
+def _frames(shared_data: Path) -> np.ndarray:
+    """Two real 90x130 frames: faces of multiface.jpg (odd sizes, to catch off-by-ones)."""
+    image = _image(shared_data, "examples/facenet_pytorch/multiface.jpg", None)
+    return np.stack([image[60:150, 200:330], image[150:240, 560:690]])
+
+
+@pytest.mark.parametrize("levels", [0, 1])
+def test_pyramid_graph_equals_the_numpy_pyramid(shared_data, at_scale1, levels):
+    frames = _frames(shared_data)
+    net = at_scale1.net
+    graph = build_pyramid_graph(net, *frames.shape[1:3], levels, pyramid_layout)
+    session = onnx_session(graph.SerializeToString(), ["CPUExecutionProvider"], 0)
+    got = session.run(None, {FRAMES: frames})[0]
+    expected, _ = _numpy_pyramid(frames, net, levels)
+    np.testing.assert_array_equal(got, expected)  # values and exact zeros between the tiles
+
+
+@pytest.mark.parametrize("min_face", [80, 40])  # scale 1 and 2 (one pyramid_up)
+def test_detections_equal_the_numpy_pyramids(shared_data, min_face):
+    # The detector's one graph (frames -> scores) against the network run on the numpy
+    # pyramid, then the same decoding: the same score maps, so the same boxes and scores.
+    frames = np.stack([_small_faces(shared_data), _small_faces(shared_data)[:, ::-1]])
+    detector = CnnDetector(min_face=min_face)
+    levels = {80: 0, 40: 1}[min_face]
+    pyramid, rects = _numpy_pyramid(frames, detector.net, levels)
+    network = onnx_session(
+        build_mmod_graph(detector.net).SerializeToString(), ["CPUExecutionProvider"], 0
+    )
+    expected = network.run(None, {INPUT: pyramid})[0]
+    got = detector._graph_for(*frames.shape[1:3], levels).run(None, {FRAMES: frames})[0]
+    np.testing.assert_array_equal(got, expected)
+    found = detector.detect_batch(list(frames))
+    assert sum(len(d.scores) for d in found) == (4 if levels else 0)
+    for maps, det in zip(expected, found, strict=True):
+        boxes, scores = decode(maps, rects, detector.net)
+        kept = suppress(boxes, scores, detector.net.nms_iou, detector.net.nms_covered)
+        boxes = _pyramid_down_rect(boxes[kept], levels) + np.array([0, 0, 1, 1])  # x2, y2 past
+        np.testing.assert_array_equal(det.boxes, boxes.astype(np.float32))
+        np.testing.assert_array_equal(det.scores, scores[kept].astype(np.float32))
+
+
+def test_sessions_are_kept_per_size_and_shared_by_threads(shared_data):
+    # Six frame sizes from several threads: a few sessions kept, results as one by one.
+    image = _image(shared_data, "examples/facenet_pytorch/multiface.jpg", None)
+    crops = [np.ascontiguousarray(image[40 : 140 + 7 * k, 180 : 300 + 5 * k]) for k in range(6)]
+    alone = [CnnDetector(min_face=80).detect(c) for c in crops]
+    detector = CnnDetector(min_face=80)
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(detector.detect, crops * 3))
+    assert 1 <= len(detector._graphs) <= 4
+    for got, expected in zip(together, alone * 3, strict=True):
+        np.testing.assert_array_equal(got.boxes, expected.boxes)
+        np.testing.assert_array_equal(got.scores, expected.scores)

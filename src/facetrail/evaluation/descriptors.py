@@ -65,7 +65,7 @@ def describe_images(
     counts["cached"] = len(names) - len(missing)
     if missing:
         # LFW framing: the subject is the face nearest the centre, else the centre box.
-        vectors, no_face, multi = describe_lfw_images(root, missing, analyzer, progress)
+        vectors, _, no_face, multi = describe_lfw_images(root, missing, analyzer, progress)
         counts["no_face"], counts["multi_face"] = no_face, multi
         known.update(zip(missing, vectors, strict=True))
         if path is not None:

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -102,18 +103,29 @@ def centre_box(height: int, width: int) -> np.ndarray:
     return np.array([[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]], np.float32)
 
 
+class Described(NamedTuple):
+    vectors: np.ndarray  # (n, dim) unit descriptors, in the order of the names
+    quality: np.ndarray  # (n,) the quality score of each described face
+    no_face: int  # images described from their centre box (no face near the centre)
+    multi: int  # images with more than one face found
+
+
 def describe_lfw_images(
     root: Path,
     names: list[str],
     analyzer: FaceAnalyzer,
     progress: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, int, int]:
-    """Unit descriptors for `names` (in order), and counts of no-face and multi-face images."""
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Described:
+    """Describe the LFW subject of each of `names`: the face nearest the centre, else the
+    centre box. `transform` changes the decoded pixels first (bench/quality_effect.py uses it
+    to degrade probes on purpose)."""
     counts = {"no_face": 0, "multi": 0}
     lock = threading.Lock()  # `select` runs in the pipeline's worker threads
 
     def prepare(name: str) -> tuple[np.ndarray, object]:
-        return load_image(root / name).pixels, None
+        pixels = load_image(root / name).pixels
+        return (transform(pixels) if transform else pixels), None
 
     def select(faces: Faces, pixels: np.ndarray) -> Faces:
         height, width = pixels.shape[:2]
@@ -131,13 +143,16 @@ def describe_lfw_images(
         return analyzer.locate(pixels, "primary", boxes=centre_box(height, width))
 
     vectors = np.zeros((len(names), analyzer.descriptor.dim), np.float32)
+    quality = np.zeros(len(names), np.float32)
     for i, result in enumerate(analyzer.stream(names, prepare, mode="primary", select=select)):
         if result.error is not None:
             raise result.error
-        vectors[i] = result.faces.descriptors[0]  # type: ignore[union-attr]
+        faces = result.faces
+        assert faces is not None and faces.descriptors is not None
+        vectors[i], quality[i] = faces.descriptors[0], faces.quality[0]
         if progress:
             progress(1)
-    return normalise(vectors), counts["no_face"], counts["multi"]
+    return Described(normalise(vectors), quality, counts["no_face"], counts["multi"])
 
 
 def evaluate_lfw(
@@ -164,7 +179,7 @@ def evaluate_lfw(
     names = sorted({p.a for p in pairs} | {p.b for p in pairs})
     if on_total:
         on_total(len(names))
-    vectors, no_face, multi = describe_lfw_images(root, names, analyzer, progress)
+    vectors, _, no_face, multi = describe_lfw_images(root, names, analyzer, progress)
     index = {n: i for i, n in enumerate(names)}
     a = np.array([index[p.a] for p in pairs])
     b = np.array([index[p.b] for p in pairs])
