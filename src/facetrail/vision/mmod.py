@@ -351,8 +351,8 @@ class CnnDetector:
                 continue
             # Enlargement, pyramid and network in one ONNX Runtime run, so only the uint8
             # frames go to the session's device (on a GPU, building the pyramid on the host and
-            # copying it over took two thirds of a frame's time). On 2 CPU cores it is also
-            # 2-17% faster per frame than the numpy pyramid was, with identical scores.
+            # copying it over took two thirds of a frame's time). On a CPU it takes about the
+            # time the numpy pyramid took, with identical scores.
             scores = self._graph_for(height, width, levels).run(None, {FRAMES: frames})[0]
             for sample in scores:
                 boxes, values = decode(sample, rects, self.net, self.threshold)
