@@ -40,7 +40,7 @@ from PIL import Image, ImageFilter
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 LFW = REPO.parent / "shared" / "data" / "lfw"
-METHODS = ("none", "as-norm+cosine")
+METHODS = ("none", "as-norm", "as-norm+cosine")
 BANDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 1.01)
 
 
@@ -92,6 +92,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "quality")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--table", type=Path, default=None, help="write the miss-rate table")
     args = parser.parse_args()
     if not LFW.is_dir():
         print(f"{LFW} is missing")
@@ -132,7 +133,10 @@ def main() -> int:
         o, _ = outcomes(originals, method)
         m = identification_metrics(o, len(np.unique(g_labels)))
         thresholds[method] = {p.target_fpir: p.threshold for p in m.operating_points}
-    pooled: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
+    # Pooled over every degradation, per method: each non-mated probe's quality and top
+    # score; each mated probe's quality, whether its mate ranked first, and the mate's score.
+    non_pool: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
+    mated_pool: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     print(
         f"{'probes':8} {'quality':>8} "
         + " ".join(f"{m + ' FPIR/FNIR @' + str(t):>34}" for m in METHODS for t in (1e-2, 1e-3))
@@ -150,24 +154,66 @@ def main() -> int:
                 fnir = 1.0 - float(hit.mean())
                 row[f"{method}@{target:g}"] = {"threshold": t, "fpir": fpir, "fnir": fnir}
                 cells.append(f"{100 * fpir:15.2f}% / {100 * fnir:5.1f}%")
-            alarms = o.top_score[non] >= thresholds[method][1e-2]
-            pooled[method].append(np.stack([quality[rows][non], alarms.astype(float)]))
+            q = quality[rows]
+            non_pool[method].append(np.stack([q[non], o.top_score[non]]))
+            first = (o.rank[o.mated] == 1).astype(float)
+            mated_pool[method].append(np.stack([q[o.mated], first, o.mate_score[o.mated]]))
         result["rows"].append(row)
         print(f"{kind:8} {row['median_quality']:8.3f} " + " ".join(f"{c:>34}" for c in cells))
-    print("\nnon-mated probes, all degradations pooled: FPIR at the FPIR-1% threshold by quality")
-    result["by_quality"] = {}
-    for method in METHODS:
-        q, alarm = np.concatenate(pooled[method], axis=1)
-        bands = []
+
+    def bands_of(q: np.ndarray, values: np.ndarray) -> list[dict]:
+        out = []
         for lo, hi in itertools.pairwise(BANDS):
             inside = (q >= lo) & (q < hi)
             if inside.sum():
-                bands.append({"from": lo, "to": hi, "probes": int(inside.sum()),
-                              "fpir": float(alarm[inside].mean())})  # fmt: skip
-        result["by_quality"][method] = bands
-        text = ", ".join(f"[{b['from']:.1f},{b['to']:.1f}) {100 * b['fpir']:.2f}% of {b['probes']}"
-                         for b in bands)  # fmt: skip
-        print(f"  {method}: {text}")
+                out.append({"from": lo, "to": min(hi, 1.0), "probes": int(inside.sum()),
+                            "rate": float(values[inside].mean())})  # fmt: skip
+        return out
+
+    def show(bands: list[dict]) -> str:
+        return ", ".join(
+            f"[{b['from']:.1f},{b['to']:.1f}) {100 * b['rate']:.2f}% of {b['probes']}"
+            for b in bands
+        )
+
+    print("\nnon-mated probes, all degradations pooled: FPIR at the FPIR-1% threshold by quality")
+    result["fpir_by_quality"] = {}
+    for method in METHODS:
+        q, top = np.concatenate(non_pool[method], axis=1)
+        bands = bands_of(q, top >= thresholds[method][1e-2])
+        result["fpir_by_quality"][method] = bands
+        print(f"  {method}: {show(bands)}")
+
+    # The miss rate a search shows for a face of some quality: at the threshold the service
+    # uses for a target FMR (the packaged calibration's, cosine or normalised), the share of
+    # mated probes of that quality whose mate is not first and above it.
+    from facetrail.vision.calibration import find_calibration, normalised_model
+
+    model = analyzer.model_id
+    table: dict = {
+        "model": model,
+        "source": "LFW folds 1-5, probes degraded on purpose (bench/quality_effect.py)",
+        "bands": [*BANDS[:-1], 1.0],  # the last band takes quality 1.0 in
+        "rates": {},
+    }
+    print("\nmated probes, all degradations pooled: FNIR at the service's thresholds by quality")
+    for method in METHODS:
+        name = "cosine" if method == "none" else method
+        calibration = find_calibration(
+            model if method == "none" else normalised_model(model, method)
+        )
+        if calibration is None:
+            continue
+        q, first, mate = np.concatenate(mated_pool[method], axis=1)
+        table["rates"][name] = {}
+        for fmr in (1e-2, 1e-3, 1e-4):
+            t = calibration.threshold_for(fmr)
+            bands = bands_of(q, 1.0 - first * (mate >= t))
+            table["rates"][name][f"{fmr:g}"] = {"threshold": t, "bands": bands}
+            print(f"  {name} at FMR {fmr:g} (threshold {t:.4f}): {show(bands)}")
+    result["miss_rates"] = table
+    if args.table:
+        args.table.write_text(json.dumps(table, indent=1) + "\n")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

@@ -131,3 +131,60 @@ def test_empty_input():
     assert set(q.components) == set(COMPONENTS)
     for values in q.components.values():
         assert values.shape == (0,)
+
+
+# --------------------------------------------------------------------------- miss rates
+
+
+DEFAULT_MODEL = "dlib-resnet-v1:55533b28a958+flip"
+
+
+def test_packaged_miss_rates_by_quality_band_and_threshold():
+    from facetrail.vision.calibration import find_calibration, normalised_model
+    from facetrail.vision.miss_rates import packaged
+
+    table = packaged()
+    assert table is not None and table.model == DEFAULT_MODEL
+    assert table.edges[0] == 0.0 and table.edges[-1] == 1.0
+    for method in ("cosine", "as-norm", "as-norm+cosine"):
+        name = DEFAULT_MODEL if method == "cosine" else normalised_model(DEFAULT_MODEL, method)
+        calibration = find_calibration(name)
+        assert calibration is not None
+        # The thresholds are the packaged calibration's at FMR 1e-3, as a search uses them
+        # (stored searches keep them rounded to 4 decimals).
+        threshold = round(calibration.threshold_for(1e-3), 4)
+        low = table.rate(DEFAULT_MODEL, method, threshold, 0.1)
+        high = table.rate(DEFAULT_MODEL, method, threshold, 0.7)
+        assert low is not None and high is not None and 0 < high < low < 1
+        # Band edges: 0 and 1 are inside the table; a band's lower edge belongs to it.
+        assert table.rate(DEFAULT_MODEL, method, threshold, 0.0) == low
+        assert table.rate(DEFAULT_MODEL, method, threshold, 1.0) == high
+        edge = table.rate(DEFAULT_MODEL, method, threshold, table.edges[1])
+        assert edge == table.rate(DEFAULT_MODEL, method, threshold, table.edges[1] + 0.01)
+        # Nothing was measured at another threshold, for another model or method.
+        assert table.rate(DEFAULT_MODEL, method, threshold + 0.01, 0.5) is None
+        assert table.rate("onnx:licensed:0123", method, threshold, 0.5) is None
+    assert table.rate(DEFAULT_MODEL, "z-norm", 0.9, 0.5) is None
+
+
+def test_search_reports_the_miss_rate_at_the_face_quality(team, shared_data):
+    import facetrail
+    from conftest import CASE
+
+    probe = shared_data / "examples/face_recognition/knn_examples/test/obama1.jpg"
+    with facetrail.open(team.data, token=team.tokens["admin"]) as ft:
+        ft.enrol([shared_data / "examples/face_recognition/knn_examples/train"])
+    with team.open("investigator") as inv:
+        report = inv.search([probe], case=CASE, top_k=3)
+        face = report.probes[0].faces[0]
+        assert report.scoring == "cosine" and report.target_fmr == 1e-3
+        from facetrail.vision.miss_rates import miss_rate
+
+        expected = miss_rate(report.model, "cosine", report.threshold, face.quality)
+        assert face.miss_rate is not None and face.miss_rate == expected
+        # The review view computes the same from the stored search.
+        view = inv.search_results(report.search_id)
+        assert view.candidates[0].miss_rate == face.miss_rate
+        # An explicit threshold was never measured: no miss rate.
+        explicit = inv.search([probe], case=CASE, top_k=3, threshold=0.95)
+        assert explicit.probes[0].faces[0].miss_rate is None

@@ -276,6 +276,12 @@ def _print_search(report: Any) -> None:
                 out.print(f"  face {i} box [{box}] quality {face.quality:.2f}")
             if not face.candidates:
                 out.print("    no candidate above the threshold")
+                if face.miss_rate is not None:
+                    # An empty list is weaker evidence of absence the poorer the face.
+                    out.print(
+                        f"    (at this quality, {face.miss_rate:.0%} of searches for someone "
+                        "who is in the gallery did not show them: bench/RESULTS.md)"
+                    )
                 continue
             table = Table(show_edge=False, pad_edge=False, box=None)
             for col in ("candidate", "rank", "subject", "score", "est. FMR", ""):

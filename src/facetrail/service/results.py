@@ -37,6 +37,10 @@ class FaceResult:
     start: float | None = None
     end: float | None = None
     best_time: float | None = None
+    # For a face of this quality, the measured share of searches for someone who is in the
+    # gallery that did not show them first above this threshold (`vision.miss_rates`); None
+    # where not measured (another model, threshold or calibration).
+    miss_rate: float | None = None
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from facetrail.service.tables import (
 )
 from facetrail.store import Store
 from facetrail.store.models import Subject
+from facetrail.vision.miss_rates import miss_rate
 
 VERDICTS = ("match", "no-match", "inconclusive")
 
@@ -67,6 +68,7 @@ class CandidateView:
     above_threshold: bool
     outcome: str  # undecided, match, match (awaiting confirmation), match (confirmed), ...
     decisions: list[DecisionInfo]
+    miss_rate: float | None = None  # at the probe face's quality (`vision.miss_rates`)
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,7 @@ def view(s: Session, search: Search, case: Case) -> SearchView:
                 above_threshold=c.above_threshold,
                 outcome=outcome(decisions[c.id], case.second_review),
                 decisions=decisions[c.id],
+                miss_rate=miss_rate(search.model, search.scoring, search.threshold, f.quality),
             )
             for c, f, name in rows
         ],

@@ -32,6 +32,7 @@ from facetrail.store.index import TemplateIndex
 from facetrail.vision.calibration import Calibration
 from facetrail.vision.compare import normalise, similarity
 from facetrail.vision.faces import Faces
+from facetrail.vision.miss_rates import miss_rate
 from facetrail.vision.pipeline import FaceAnalyzer
 
 # Tracks videos elsewhere: given (input position, path) of each video and the ranking of
@@ -136,6 +137,16 @@ def exclusive_claims(
             out[i] = dataclasses.replace(face, candidates=kept)
         claims.extend((i, c.subject) for c in kept if c.above_threshold)
     return out
+
+
+def with_miss_rates(probe: ProbeResult, model: str, scoring: Scoring) -> ProbeResult:
+    """Each face's measured miss rate at its quality (see `vision.miss_rates`)."""
+    method, threshold = scoring.method, scoring.threshold
+    faces = [
+        dataclasses.replace(f, miss_rate=miss_rate(model, method, threshold, f.quality))
+        for f in probe.faces
+    ]
+    return dataclasses.replace(probe, faces=faces)
 
 
 def _probe(
@@ -290,7 +301,7 @@ def search(
         found[i] = (probe, Evidence(None, chips, [a.context for a in appearances]))
         if progress:
             progress(probe)
-    results = [found[i][0] for i in range(len(paths))]
+    results = [with_miss_rates(found[i][0], model, scoring) for i in range(len(paths))]
     evidence = [found[i][1] for i in range(len(paths))]
     if subjects is None:
         n_subjects, n_templates = store.gallery_size(model)
