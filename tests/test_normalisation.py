@@ -15,7 +15,9 @@ from facetrail.vision.normalisation import (
     CohortStats,
     cohort_stats,
     fuse_templates,
+    normalise_pairs,
     normalise_scores,
+    normalised_comparisons,
     top_k_rows,
 )
 
@@ -156,3 +158,30 @@ def test_compare_techniques_without_normalisation_is_the_plain_evaluation() -> N
     assert none.rank1 == pytest.approx(plain.rank_hits["1"])
     assert sum(none.cohort_per_fold) == plain.non_mated_probes  # each single once a cohort
     assert "as-norm+cosine top 200" in table(results)
+
+
+@pytest.mark.parametrize("method", ["z-norm", "t-norm", "s-norm", "as-norm", "as-norm+cosine"])
+def test_listed_pairs_and_all_pairs_normalise_alike(method: str) -> None:
+    """`normalise_pairs` (a list of comparisons, as `calibrate --labels pairs.csv` has) gives
+    each pair the score `normalise_scores` gives it in the full matrix, and
+    `normalised_comparisons` (every pair of a labelled set) splits that matrix's upper
+    triangle into impostor and genuine scores."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(12, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    cohort = rng.normal(size=(30, 8)).astype(np.float32)
+    cohort /= np.linalg.norm(cohort, axis=1, keepdims=True)
+    k = None if method == "s-norm" else 5
+    stats = cohort_stats(x, cohort, k)
+    matrix = normalise_scores((x @ x.T).astype(np.float64), method, stats, stats)
+    a, b = np.triu_indices(len(x), k=1)
+    raw = (x[a] * x[b]).sum(axis=1).astype(np.float64)
+    listed = normalise_pairs(raw, method, stats.take(a), stats.take(b))
+    np.testing.assert_allclose(listed, matrix[a, b], rtol=1e-6, atol=1e-6)
+    labels = np.repeat(np.arange(4), 3)
+    impostor, genuine = normalised_comparisons(x, labels, cohort, method, k, chunk=5)
+    same = labels[a] == labels[b]
+    np.testing.assert_allclose(np.sort(genuine), np.sort(matrix[a, b][same]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.sort(impostor), np.sort(matrix[a, b][~same]), rtol=1e-5, atol=1e-5
+    )
