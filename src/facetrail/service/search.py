@@ -189,8 +189,8 @@ def rank_candidates(
         if normaliser is not None:
             normed = normaliser.normalise(queries, scores.astype(np.float64), ids)
             order = np.argsort(-normed, axis=1, kind="stable")
-            scores = np.take_along_axis(normed, order, axis=1)
-            ids = np.take_along_axis(ids, order, axis=1)
+            rows = np.arange(len(order))[:, None]
+            scores, ids = normed[rows, order], ids[rows, order]
         subjects = store.template_subjects(ids)
         fewest = min(len(np.unique(row[row >= 0])) for row in subjects)
         if fewest >= top_k or want >= len(index):

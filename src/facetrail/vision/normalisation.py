@@ -92,9 +92,9 @@ def cohort_stats(
     c = np.asarray(cohort, np.float32)
     for start in range(0, n, chunk):
         block = np.asarray(vectors[start : start + chunk], np.float32) @ c.T
-        top = top_k_rows(block, top_k).astype(np.float64)
-        mean[start : start + chunk] = top.mean(axis=1)
-        std[start : start + chunk] = top.std(axis=1)
+        top = top_k_rows(block, top_k)  # summed in float64 below, without a float64 copy
+        mean[start : start + chunk] = top.mean(axis=1, dtype=np.float64)
+        std[start : start + chunk] = top.std(axis=1, dtype=np.float64)
     return CohortStats(mean, np.maximum(std, MIN_STD))
 
 
