@@ -216,24 +216,27 @@ def build_from_cases(
         by_case.setdefault(face.case, []).append(face)
     for reference, group in by_case.items():
         source = case_source(reference)
-        chips, kept, skipped = [], [], []
-        for face in group:
-            chip = _chip(store, face.chip_sha256, size)
-            if chip is None:
-                reason = "stored chip unreadable, or of another model's size"
-                skipped.append({"image": face.chip_sha256, "reason": reason})
-            else:
-                chips.append(chip)
-                kept.append(face)
-            if progress:
-                progress(1)
-        rows = []
-        if chips:
-            vectors = analyzer.descriptor.describe(np.stack(chips))
-            rows = [
-                _row(model, v, source, f.chip_sha256, f.quality, created_by)
-                for v, f in zip(vectors, kept, strict=True)
-            ]
+        rows: list[dict] = []
+        skipped: list[dict[str, str]] = []
+        # A batch of chips at a time: a large case never holds all its chips in memory.
+        for start in range(0, len(group), WRITE_BATCH):
+            chips, kept = [], []
+            for face in group[start : start + WRITE_BATCH]:
+                chip = _chip(store, face.chip_sha256, size)
+                if chip is None:
+                    reason = "stored chip unreadable, or of another model's size"
+                    skipped.append({"image": face.chip_sha256, "reason": reason})
+                else:
+                    chips.append(chip)
+                    kept.append(face)
+                if progress:
+                    progress(1)
+            if chips:
+                vectors = analyzer.descriptor.describe(np.stack(chips))
+                rows += [
+                    _row(model, v, source, f.chip_sha256, f.quality, created_by)
+                    for v, f in zip(vectors, kept, strict=True)
+                ]
         added, duplicates = _write(store, model, rows, lambda s, n, src=source: on_write(s, src, n))
         reports.append(CohortBuildReport(source, model, len(group), added, duplicates, skipped))
     return reports
