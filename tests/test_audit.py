@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from conftest import CASE, Team, make_team
+from facetrail.errors import InvalidInputError, PermissionDeniedError
 from facetrail.store import AuditRecord, Store
 
 FR = "examples/face_recognition"
@@ -221,3 +222,34 @@ def test_processes_writing_at_once_make_one_chain(tmp_path: Path, database_url: 
             and (e["actor"] != "investigator" or e["case"].startswith(f"C-w{w}-"))
         ]
         assert [e["action"] for e in mine] == [per_round[i % 3] for i in range(ROUNDS)]
+
+
+def test_audit_page_filters_and_pages_in_the_database(team: Team) -> None:
+    """The workspace's page of the trail: newest first, filtered by action, actor and case,
+    counted and paged by the database, the same events an export filtered by hand gives; and
+    each view is itself recorded."""
+    with team.open("admin") as admin:
+        for i in range(7):
+            admin.set_policy("approval_days", 3 + i, reason=f"change {i}")
+    with team.open("auditor") as auditor:
+        trail = auditor.store.export_audit()  # the store's, so not itself audited
+        newest_first = list(reversed(trail))
+        page = auditor.audit_page(2, size=3)
+        assert page.total == len(trail) and page.pages == -(-len(trail) // 3)
+        assert page.events == newest_first[3:6]
+        assert page.actions == sorted({e["action"] for e in trail})
+        changes = [e for e in newest_first if e["action"] == "policy.change"]
+        assert len(changes) >= 7
+        by_admin = auditor.audit_page(1, size=5, action="policy.change", actor="admin")
+        assert by_admin.total == len(changes) and by_admin.events == changes[:5]
+        in_case = auditor.audit_page(1, size=1000, case=CASE)
+        assert (
+            in_case.events == [e for e in auditor.store.export_audit() if e["case"] == CASE][::-1]
+        )
+        assert auditor.audit_page(99, size=3).events == []  # past the end: empty, not an error
+        views = [e for e in auditor.store.export_audit() if e["action"] == "audit.export"]
+        assert len(views) == 4 and views[-1]["actor"] == "auditor"
+        with pytest.raises(InvalidInputError):
+            auditor.audit_page(0)
+    with team.open("investigator") as investigator, pytest.raises(PermissionDeniedError):
+        investigator.audit_page()

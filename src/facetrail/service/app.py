@@ -180,6 +180,15 @@ class _Shared:
         return self._analyzer.descriptor
 
 
+@dataclasses.dataclass(frozen=True)
+class AuditPage:
+    events: list[dict]  # newest first, as `export_audit` gives them
+    total: int  # events matching the filters
+    page: int
+    pages: int
+    actions: list[str]  # every action in the trail, for choosing a filter
+
+
 class Facetrail(LiveDesk, EvaluationDesk):
     def __init__(
         self, settings: Settings, *, token: str | None = None, _shared: _Shared | None = None
@@ -1320,6 +1329,27 @@ class Facetrail(LiveDesk, EvaluationDesk):
             since_text = since.isoformat() if since else None
             self._audit(s, caller, "audit.export", None, [], since=since_text, events=len(events))
         return events
+
+    def audit_page(
+        self,
+        page: int = 1,
+        *,
+        size: int = 100,
+        action: str | None = None,
+        actor: str | None = None,
+        case: str | None = None,
+    ) -> AuditPage:
+        """One page of the trail, newest first, filtered and counted in the database (the
+        workspace's audit page). Viewing it is itself recorded, as an export is."""
+        caller = self._need(Op.AUDIT)
+        if page < 1 or not 1 <= size <= 1000:
+            raise InvalidInputError("page must be at least 1 and size between 1 and 1000")
+        events, total, actions = self.store.audit_page(
+            offset=(page - 1) * size, limit=size, action=action, actor=actor, case=case
+        )
+        with self._write() as s:
+            self._audit(s, caller, "audit.export", None, [], since=None, events=len(events))
+        return AuditPage(events, total, page, max(1, -(-total // size)), actions)
 
     # -- retention -------------------------------------------------------------------------
     def apply_retention(self) -> retention.RetentionRun | None:

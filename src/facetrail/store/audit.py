@@ -172,17 +172,50 @@ def export(
             raise StoreError("--since needs a time zone (e.g. 2026-11-26T00:00:00+00:00)")
         stmt = stmt.where(AuditEvent.at >= since)
     for row in s.scalars(stmt).yield_per(1000):
-        yield {
-            "seq": row.seq,
-            "at": row.at.isoformat(),
-            "actor": row.actor,
-            "role": row.role,
-            "action": row.action,
-            "case": row.case_ref,
-            "object_type": row.object_type,
-            "object_ids": row.object_ids,
-            "reason": row.reason,
-            "details": row.details,
-            "prev_hash": row.prev_hash,
-            "hash": row.hash,
-        }
+        yield _as_dict(row)
+
+
+def page(
+    s: Session,
+    *,
+    offset: int,
+    limit: int,
+    action: str | None = None,
+    actor: str | None = None,
+    case: str | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of events, newest first, filtered in the database, and how many match."""
+    where = []
+    if action:
+        where.append(AuditEvent.action == action)
+    if actor:
+        where.append(AuditEvent.actor == actor)
+    if case:
+        where.append(AuditEvent.case_ref == case)
+    total = int(s.scalar(select(func.count()).select_from(AuditEvent).where(*where)) or 0)
+    stmt = (
+        select(AuditEvent).where(*where).order_by(AuditEvent.seq.desc()).offset(offset).limit(limit)
+    )
+    return [_as_dict(row) for row in s.scalars(stmt)], total
+
+
+def actions(s: Session) -> list[str]:
+    """Every action the trail holds, for a filter's choices."""
+    return sorted(s.scalars(select(AuditEvent.action).distinct()))
+
+
+def _as_dict(row: AuditEvent) -> dict[str, Any]:
+    return {
+        "seq": row.seq,
+        "at": row.at.isoformat(),
+        "actor": row.actor,
+        "role": row.role,
+        "action": row.action,
+        "case": row.case_ref,
+        "object_type": row.object_type,
+        "object_ids": row.object_ids,
+        "reason": row.reason,
+        "details": row.details,
+        "prev_hash": row.prev_hash,
+        "hash": row.hash,
+    }

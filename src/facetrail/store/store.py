@@ -1425,6 +1425,22 @@ class Store:
         with self.session(write=False) as s:
             return list(audit.export(s, since, actions=actions, case=case))
 
+    def audit_page(
+        self,
+        *,
+        offset: int,
+        limit: int,
+        action: str | None = None,
+        actor: str | None = None,
+        case: str | None = None,
+    ) -> tuple[list[dict[str, Any]], int, list[str]]:
+        """One page of events, newest first, the count that match, and every action."""
+        with self.session(write=False) as s:
+            rows, total = audit.page(
+                s, offset=offset, limit=limit, action=action, actor=actor, case=case
+            )
+            return rows, total, audit.actions(s)
+
     # ----------------------------------------------------------------- index
 
     def index(self, model: str) -> TemplateIndex:

@@ -934,28 +934,18 @@ def audit_page(
 ) -> Response:
     """The trail's verification and its events, newest first (viewing them is audited)."""
     chain = ft.verify_audit()
-    events = ft.export_audit()
-    actions = sorted({e["action"] for e in events})
-    chosen = [
-        e
-        for e in reversed(events)
-        if (not action or e["action"] == action)
-        and (not actor or e["actor"] == actor)
-        and (not case or e["case"] == case)
-    ]
-    pages = max(1, -(-len(chosen) // AUDIT_PAGE))
-    shown = chosen[(page - 1) * AUDIT_PAGE : page * AUDIT_PAGE]
+    shown = ft.audit_page(page, size=AUDIT_PAGE, action=action, actor=actor, case=case)
     query = {k: v for k, v in {"action": action, "actor": actor, "case": case}.items() if v}
     return render(
         request,
         "audit.html",
         title="Audit trail",
         chain=chain,
-        events=shown,
-        total=len(chosen),
+        events=shown.events,
+        total=shown.total,
         page=page,
-        pages=pages,
-        actions=actions,
+        pages=shown.pages,
+        actions=shown.actions,
         filters=query,
         query=urlencode(query),
     )
