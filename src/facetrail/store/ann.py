@@ -57,7 +57,7 @@ import numpy as np
 
 from facetrail.errors import InvalidInputError, StoreError
 from facetrail.files import write_atomic
-from facetrail.store.index import _MAX_BLOCK, _as_ids, check_queries, check_vectors
+from facetrail.store.index import _MAX_BLOCK, _as_ids, check_queries, rows_to_add
 
 try:  # POSIX
     import fcntl
@@ -574,10 +574,7 @@ class AnnIndex:
         """A new index of these templates (taking ownership of `vectors` when it is a
         contiguous float32 matrix), written as a new generation of `path` if given."""
         idx = cls(dim, path, params)
-        new_ids = _as_ids(ids)
-        v = idx._check_vectors(vectors, new_ids.shape[0])
-        if np.unique(new_ids).shape[0] != new_ids.shape[0]:
-            raise InvalidInputError("duplicate ids")
+        new_ids, v = rows_to_add(ids, vectors, dim)
         idx._ids, idx._vecs = new_ids.copy(), np.ascontiguousarray(v)
         idx._hi = idx._n = new_ids.shape[0]
         idx._max_id = int(new_ids.max()) if new_ids.size else -1
@@ -721,18 +718,12 @@ class AnnIndex:
         """Whether searches use the quantiser (False: exact scan of a small gallery)."""
         return self._ivf is not None
 
-    def _check_vectors(self, vectors: np.ndarray, n: int) -> np.ndarray:
-        return check_vectors(vectors, n, self._dim)
-
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add rows; ids must be new and unique. Durable (logged) when this returns."""
-        new_ids = _as_ids(ids)
+        new_ids, v = rows_to_add(ids, vectors, self._dim)
         k = new_ids.shape[0]
-        v = self._check_vectors(vectors, k)
         if k == 0:
             return
-        if np.unique(new_ids).shape[0] != k:
-            raise InvalidInputError("duplicate ids in one add")
         with self._lock:
             if new_ids.min() <= self._max_id and _member(self._ids[: self._hi], new_ids).any():
                 raise InvalidInputError("id already in the index")

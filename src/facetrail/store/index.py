@@ -56,6 +56,16 @@ def check_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
     return v
 
 
+def rows_to_add(ids: np.ndarray, vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and vectors of an add, checked as every index checks them: 1-d integer ids
+    without repeats, and as many finite float32 rows of length `dim`."""
+    new_ids = _as_ids(ids)
+    v = check_vectors(vectors, new_ids.shape[0], dim)
+    if np.unique(new_ids).shape[0] != new_ids.shape[0]:
+        raise InvalidInputError("duplicate ids in one add")
+    return new_ids, v
+
+
 def check_queries(queries: np.ndarray, k: object) -> np.ndarray:
     """`queries` if they are a finite float32 matrix and k a count (the columns are checked
     against the index once it is known not to be empty)."""
@@ -118,22 +128,16 @@ class ExactIndex:
         n, ids, _ = self._snap
         return ids[:n].copy()
 
-    def _check_vectors(self, vectors: np.ndarray, n: int) -> np.ndarray:
-        return check_vectors(vectors, n, self._dim)
-
     def add(self, ids: np.ndarray, vectors: np.ndarray, *, _copy: bool = True) -> None:
         """Add rows; ids must be new and unique.
 
         The index keeps its own copy (`copy=False` at construction hands over ownership of
         a contiguous float32 matrix instead, to avoid doubling memory on a large load).
         """
-        new_ids = _as_ids(ids)
+        new_ids, v = rows_to_add(ids, vectors, self._dim)
         k = new_ids.shape[0]
-        v = self._check_vectors(vectors, k)
         if k == 0:
             return
-        if np.unique(new_ids).shape[0] != k:
-            raise InvalidInputError("duplicate ids in one add")
         with self._lock:
             n, id_buf, vec_buf = self._snap
             if np.isin(new_ids, id_buf[:n]).any():

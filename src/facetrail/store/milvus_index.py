@@ -25,7 +25,7 @@ import numpy as np
 
 from facetrail.errors import InvalidInputError, StoreError
 from facetrail.store.backends import IndexConfig, model_slug
-from facetrail.store.index import _as_ids
+from facetrail.store.index import _as_ids, rows_to_add
 
 _BATCH = 2_000  # rows per insert/delete call (gRPC messages stay small)
 _clients: dict[tuple[str, str | None, str | None], Any] = {}
@@ -152,16 +152,9 @@ class MilvusIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert rows; ids must be new and unique (checked, as the exact index does)."""
-        new_ids = _as_ids(ids)
-        v = np.asarray(vectors)
-        if v.ndim != 2 or v.shape != (new_ids.shape[0], self._dim) or v.dtype != np.float32:
-            raise InvalidInputError(f"vectors must be float32 of shape (n, {self._dim})")
-        if not np.isfinite(v).all():
-            raise InvalidInputError("vectors must be finite")
+        new_ids, v = rows_to_add(ids, vectors, self._dim)
         if new_ids.size == 0:
             return
-        if np.unique(new_ids).shape[0] != new_ids.shape[0]:
-            raise InvalidInputError("duplicate ids in one add")
         if new_ids.min() <= self.max_id and self._existing(new_ids).size:
             raise InvalidInputError("id already in the index")
         for s in range(0, new_ids.size, _BATCH):
