@@ -136,14 +136,13 @@ def _dlib_detections(net, image: np.ndarray, scale: float):
 
     At 2x, 4x, ... dlib's own upsampling (`upsample_num_times`), which CnnDetector
     reproduces; at other scales dlib is given the image as CnnDetector enlarges it (Pillow)."""
-    from facetrail.vision.detector import Detections
-    from facetrail.vision.mmod import _resize
+    from facetrail.vision.detector import Detections, scale_image
 
     levels = round(np.log2(scale)) if scale > 1.5 else 0
     if levels and abs(scale - 2.0**levels) < 1e-6:
         found, divide = net(image, levels), 1.0
     else:
-        found, divide = net(_resize(image, scale), 0), scale
+        found, divide = net(scale_image(image, scale), 0), scale
     boxes = [[d.rect.left(), d.rect.top(), d.rect.right() + 1, d.rect.bottom() + 1] for d in found]
     return Detections(
         (np.array(boxes, np.float64).reshape(-1, 4) / divide).astype(np.float32),

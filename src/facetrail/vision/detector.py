@@ -54,7 +54,9 @@ class FaceDetector(Protocol):
     def detect(self, image: np.ndarray, mode: Mode) -> Detections: ...
 
 
-def _resize(image: np.ndarray, scale: float) -> np.ndarray:
+def scale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """The image enlarged or reduced by `scale` (bilinear), or itself at scale 1: how both
+    detectors rescale an image to the scale their smallest face needs."""
     if abs(scale - 1.0) < 1e-3:
         return image
     h, w = image.shape[:2]
@@ -94,7 +96,7 @@ class HogDetector:
     def _run(self, image: np.ndarray, scale: float) -> Detections:
         if self.grey and image.ndim == 3:
             image = np.asarray(Image.fromarray(image).convert("L"))
-        scaled = _resize(image, scale)
+        scaled = scale_image(image, scale)
         with self._lock:
             detector = self._idle.pop() if self._idle else None
         if detector is None:

@@ -40,12 +40,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 from facetrail.errors import InvalidInputError
 from facetrail.vision import models
 from facetrail.vision.descriptor import onnx_session
-from facetrail.vision.detector import PRIMARY_FACE_SHARE, Detections, Mode
+from facetrail.vision.detector import PRIMARY_FACE_SHARE, Detections, Mode, scale_image
 from facetrail.vision.mmod_format import PYRAMID_DOWN, MmodNet, read_mmod
 from facetrail.vision.mmod_onnx import FRAMES, build_detector_graph, enlarged_size
 
@@ -248,14 +247,6 @@ def _as_rgb(image: object) -> np.ndarray:
     return image
 
 
-def _resize(image: np.ndarray, scale: float) -> np.ndarray:
-    if abs(scale - 1.0) < 1e-3:
-        return image
-    h, w = image.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-
-
 def _pyramid_down_rect(boxes: np.ndarray, levels: int) -> np.ndarray:
     """Inclusive boxes in an image enlarged `levels` times as dlib's pyramid_up does -> the
     original image, as dlib maps them back (pyramid_down<2>::rect_down: p / 2 - (1.25, 0.75)
@@ -339,7 +330,7 @@ class CnnDetector:
         out: list[Detections] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            frames = np.stack(chunk if levels else [_resize(im, scale) for im in chunk])
+            frames = np.stack(chunk if levels else [scale_image(im, scale) for im in chunk])
             height, width = frames.shape[1:3]
             rects, rows, cols = pyramid_layout(
                 *enlarged_size(height, width, levels), self.net.padding, self.net.outer_padding
