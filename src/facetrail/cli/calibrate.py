@@ -13,17 +13,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from facetrail.cli.common import DataOpt, JsonOpt, emit_json, out, progress_bar, session
+from facetrail.cli.common import (
+    DataOpt,
+    JsonOpt,
+    emit_json,
+    out,
+    progress_bar,
+    rate_text,
+    score_text,
+    session,
+)
 
 app = typer.Typer()
-
-
-def _score(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def _rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
 
 
 @app.command("calibrate")
@@ -83,16 +84,18 @@ def calibrate(
     out.print(
         f"{run.model} on {who}{run.images} images: {run.genuine_comparisons} genuine and "
         f"{run.impostor_comparisons} impostor comparisons (lowest measurable FMR "
-        f"{_rate(run.min_fmr)})"
+        f"{rate_text(run.min_fmr)})"
     )
     table = Table("target FMR", "threshold", "FNMR", "impostors above it", "impostors needed")
     for p in [
         run.target,
         *[p for p in run.operating_points if p.target_fmr != run.target.target_fmr],
     ]:
-        threshold = _score(p.threshold) if p.measurable else "not measurable"
+        threshold = score_text(p.threshold) if p.measurable else "not measurable"
         above = "-" if p.impostors_above is None else str(p.impostors_above)
-        table.add_row(_rate(p.target_fmr), threshold, _rate(p.fnmr), above, str(p.impostors_needed))
+        table.add_row(
+            rate_text(p.target_fmr), threshold, rate_text(p.fnmr), above, str(p.impostors_needed)
+        )
     out.print(table)
     if run.previous is not None:
         before = run.previous.get("operating_points", {}).get(f"{run.target.target_fmr:g}")
@@ -105,7 +108,7 @@ def calibrate(
         n = run.normalised
         out.print(
             f"normalised scores ({n['method']}, against the cohort of {n['cohort_faces']} "
-            f"faces): threshold {_score(n['threshold'])} at FMR {run.target.target_fmr:g}"
+            f"faces): threshold {score_text(n['threshold'])} at FMR {run.target.target_fmr:g}"
         )
     for note in run.notes:
         out.print(f"note: {note}")

@@ -205,3 +205,12 @@ def show(value: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         emit_json(value)
     else:
         render(value)
+
+
+def rate_text(value: float | None) -> str:
+    # Three significant digits: an FMR of 0.000255 must not print as 0.0003.
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def score_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

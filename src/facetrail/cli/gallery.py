@@ -21,6 +21,8 @@ from facetrail.cli.common import (
     out,
     parse_time,
     progress_bar,
+    rate_text,
+    score_text,
     session,
 )
 from facetrail.service.search import all_failed
@@ -425,15 +427,6 @@ LimitOpt = Annotated[
 ]
 
 
-def _rate(value: float | None) -> str:
-    # Three significant digits: an FMR of 0.000255 must not print as 0.0003.
-    return "n/a" if value is None else f"{value:.3g}"
-
-
-def _score(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 @eval_app.command("identify")
 def eval_identify(
     folder: Annotated[Path, typer.Argument(help="Folder of <person>/<image> (LFW layout).")],
@@ -486,14 +479,14 @@ def eval_identify(
     for p in report.fnir_at_fpir:
         table.add_row(
             f"{p['target_fpir']:g}",
-            _score(p["threshold"]),
-            _rate(p["fpir"]),
-            _rate(p["fnir"]),
+            score_text(p["threshold"]),
+            rate_text(p["fpir"]),
+            rate_text(p["fnir"]),
             "" if p["measurable"] else "too few non-mated probes to measure",
         )
     out.print(table)
     out.print(
-        "hit rate: " + ", ".join(f"rank {k}: {_rate(v)}" for k, v in report.rank_hits.items())
+        "hit rate: " + ", ".join(f"rank {k}: {rate_text(v)}" for k, v in report.rank_hits.items())
     )
     if report.techniques:
         out.print(
@@ -507,9 +500,9 @@ def eval_identify(
                 str(r["templates"]),
                 r["method"] + k,
                 r["fusion"],
-                _rate(r["fnir_fpir_1pct"]),
-                _rate(r["fnir_fpir_01pct"]),
-                _rate(r["rank1"]),
+                rate_text(r["fnir_fpir_1pct"]),
+                rate_text(r["fnir_fpir_01pct"]),
+                rate_text(r["rank1"]),
             )
         out.print(techniques)
     for calibration in report.calibrations:
@@ -563,7 +556,7 @@ def eval_bias(
     out.print(f"threshold {report.threshold:.4f} ({report.threshold_source})")
 
     def ci(bounds: list[float] | None) -> str:
-        return "" if bounds is None else f" [{_rate(bounds[0])}, {_rate(bounds[1])}]"
+        return "" if bounds is None else f" [{rate_text(bounds[0])}, {rate_text(bounds[1])}]"
 
     table = Table(
         report.attribute, "people", "genuine", "impostor", "FMR (95% CI)", "FNMR (95% CI)"
@@ -574,8 +567,8 @@ def eval_bias(
             str(g["people"]),
             str(g["genuine_pairs"]),
             str(g["impostor_pairs"]),
-            _rate(g["fmr"]) + ci(g["fmr_ci"]),
-            _rate(g["fnmr"]) + ci(g["fnmr_ci"]),
+            rate_text(g["fmr"]) + ci(g["fmr_ci"]),
+            rate_text(g["fnmr"]) + ci(g["fnmr_ci"]),
         )
     out.print(table)
     for g in report.groups:
@@ -585,15 +578,15 @@ def eval_bias(
         name = d["rate"].upper()
         if d["ratio"] is not None:
             out.print(
-                f"{name} worst/best: {d['ratio']:.2f} ({d['worst_group']} {_rate(d['worst'])}, "
-                f"{d['best_group']} {_rate(d['best'])})"
+                f"{name} worst/best: {d['ratio']:.2f} ({d['worst_group']} {rate_text(d['worst'])}, "
+                f"{d['best_group']} {rate_text(d['best'])})"
             )
         else:
             out.print(f"{name} worst/best: n/a ({d['note']})")
     t = report.target
     if t["threshold"] is not None:
         rates = ", ".join(
-            f"{k} FMR {_rate(t['fmr'][k])} FNMR {_rate(t['fnmr'][k])}" for k in t["fmr"]
+            f"{k} FMR {rate_text(t['fmr'][k])} FNMR {rate_text(t['fnmr'][k])}" for k in t["fmr"]
         )
         out.print(
             f"every group's FMR <= {t['target_fmr']:g} from threshold {t['threshold']:.4f} "
