@@ -23,7 +23,12 @@ from facetrail.config import Settings
 from facetrail.errors import FacetrailError, ModelError
 from facetrail.media import load_image
 from facetrail.vision import models
-from facetrail.vision.descriptor import DlibResnet, FlipAveraged, OnnxDescriptor
+from facetrail.vision.descriptor import (
+    WINOGRAD_BATCH,
+    DlibResnet,
+    FlipAveraged,
+    OnnxDescriptor,
+)
 from facetrail.vision.dlib_format import read_layers
 from facetrail.vision.pipeline import build_descriptor
 from facetrail.vision.resnet_onnx import build_resnet_graph
@@ -94,6 +99,19 @@ def test_matches_dlib_on_real_chips(resnet, chips, reference_descriptors):
     assert diff <= MAX_DIFF_VS_DLIB, f"max abs difference vs dlib {diff:.3g}"
 
 
+def test_large_batches_run_the_winograd_graph_within_dlibs_tolerance(
+    resnet, chips, reference_descriptors, cache_dir
+):
+    tiled = np.concatenate([chips, chips[::-1]])
+    assert len(tiled) >= WINOGRAD_BATCH > len(chips)
+    ours = resnet.describe(tiled)
+    assert any(p.name.endswith("_winograd.onnx") for p in cache_dir.iterdir())
+    diff = np.abs(ours - np.concatenate([reference_descriptors, reference_descriptors[::-1]]))
+    assert diff.max() <= MAX_DIFF_VS_DLIB, f"max abs difference vs dlib {diff.max():.3g}"
+    # The same descriptors as the plain graph's for small batches: one gallery, either graph.
+    np.testing.assert_allclose(ours[: len(chips)], resnet.describe(chips), atol=2e-6)
+
+
 def test_descriptors_tell_people_apart(resnet, chips):
     # EXPECTATIONS.md (face_recognition): obama2 matches obama, biden does not (distance 0.6).
     d = resnet.describe(chips[:3])
@@ -131,8 +149,8 @@ def test_graph_is_cached_under_the_dat_hash(resnet, cache_dir):
     again = DlibResnet(cache_dir)
     assert again.onnx_path == path
     assert path.stat().st_mtime_ns == before, "the cached graph was rebuilt"
-    # The atomic write leaves nothing else behind.
-    assert sorted(p.name for p in cache_dir.iterdir()) == [path.name]
+    # The atomic writes leave nothing else behind: the graph, and the one for large batches.
+    assert {p.name for p in cache_dir.iterdir()} <= {path.name, f"{path.stem}_winograd.onnx"}
 
 
 def test_damaged_cached_graph_is_rebuilt(tmp_path, chips, reference_descriptors):

@@ -21,10 +21,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from facetrail.errors import ModelError
+from facetrail.vision import winograd
 from facetrail.vision.dlib_format import Layer, read_layers
 
 # Bump when the graph this module builds changes, so cached graphs are rebuilt.
 BUILDER_VERSION = 1
+# Between Winograd layers activations are [H, W, N, C]; everywhere else [N, C, H, W]. The same
+# permutation converts either way.
+HWNC, NCHW = "HWNC", "NCHW"
+_SWAP_LAYOUT = [2, 3, 0, 1]
 OPSET = 17
 # Slice's starts, ends, axes and steps that reverse the width axis of NHWC chips.
 _MIRROR_SLICE = (("start", -1), ("end", np.iinfo(np.int64).min), ("axis", 2), ("step", -1))
@@ -37,6 +42,8 @@ class _Graph:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.shapes: dict[str, tuple[int, int, int]] = {}
+        self.hwnc: set[str] = set()  # tensors in [H, W, N, C] layout
+        self._converted: dict[str, str] = {}
         self._n = 0
 
     def name(self, stem: str) -> str:
@@ -55,12 +62,32 @@ class _Graph:
             self.shapes[out] = shape
         return out
 
+    def same_layout(self, op: str, inputs: list[str], shape: tuple[int, int, int], **attrs) -> str:
+        """An element-wise node, its output in the layout of its first input."""
+        out = self.node(op, inputs, shape, **attrs)
+        if inputs[0] in self.hwnc:
+            self.hwnc.add(out)
+        return out
+
+    def layout(self, x: str, layout: str) -> str:
+        """`x` in `layout`, transposed once however often it is asked for."""
+        if (x in self.hwnc) == (layout == HWNC):
+            return x
+        if x not in self._converted:
+            out = self.node("Transpose", [x], self.shapes[x], perm=_SWAP_LAYOUT)
+            if layout == HWNC:
+                self.hwnc.add(out)
+            self._converted[x] = out
+        return self._converted[x]
+
 
 def _out_size(size: int, window: int, stride: int, pad: int) -> int:
     return 1 + (size + 2 * pad - window) // stride
 
 
-def _conv(g: _Graph, x: str, layer: Layer, affine: Layer | None) -> str:
+def _conv(g: _Graph, x: str, layer: Layer, affine: Layer | None, fast: bool) -> str:
+    """The convolution and the affine layer after it; `fast`: by Winograd where that is faster
+    on a CPU (many channels, stride 1; see `winograd`)."""
     i = layer.ints
     f, k, nr, nc = i["num_filters"], i["k"], i["nr"], i["nc"]
     count = f * k * nr * nc
@@ -81,19 +108,34 @@ def _conv(g: _Graph, x: str, layer: Layer, affine: Layer | None) -> str:
         _out_size(h, nr, i["stride_y"], i["padding_y"]),
         _out_size(w, nc, i["stride_x"], i["padding_x"]),
     )
-    pads = [i["padding_y"], i["padding_x"], i["padding_y"], i["padding_x"]]
+    strides, pads = (i["stride_y"], i["stride_x"]), (i["padding_y"], i["padding_x"])
+    if (
+        fast
+        and (nr, nc, *strides, *pads) == (3, 3, 1, 1, 1, 1)
+        and k >= winograd.WINOGRAD_MIN_CHANNELS
+        and min(h, w) >= 3  # on smaller images most of the taps fall on the padding
+    ):
+        out = winograd.conv3x3(g, g.layout(x, HWNC), weights, bias, h, w)
+        g.shapes[out] = shape
+        g.hwnc.add(out)
+        return out
     return g.node(
         "Conv",
-        [x, g.const("w", weights.astype(np.float32)), g.const("b", bias.astype(np.float32))],
+        [
+            g.layout(x, NCHW),
+            g.const("w", weights.astype(np.float32)),
+            g.const("b", bias.astype(np.float32)),
+        ],
         shape,
         kernel_shape=[nr, nc],
-        strides=[i["stride_y"], i["stride_x"]],
-        pads=pads,
+        strides=list(strides),
+        pads=[*pads, *pads],
     )
 
 
 def _pool(g: _Graph, x: str, layer: Layer) -> str:
     i = layer.ints
+    x = g.layout(x, NCHW)
     c, h, w = g.shapes[x]
     if i["nr"] == 0 and i["nc"] == 0:  # dlib's avg_pool_everything
         return g.node("GlobalAveragePool", [x], (c, 1, 1))
@@ -118,21 +160,27 @@ def _pad_to(g: _Graph, x: str, shape: tuple[int, int, int]) -> str:
     have = g.shapes[x]
     if have == shape:
         return x
-    extra = [0, shape[0] - have[0], shape[1] - have[1], shape[2] - have[2]]
+    dc, dh, dw = (shape[0] - have[0], shape[1] - have[1], shape[2] - have[2])
+    extra = [dh, dw, 0, dc] if x in g.hwnc else [0, dc, dh, dw]
     pads = np.array([0, 0, 0, 0, *extra], dtype=np.int64)
-    return g.node("Pad", [x, g.const("pads", pads)], shape, mode="constant")
+    return g.same_layout("Pad", [x, g.const("pads", pads)], shape, mode="constant")
 
 
 def _add(g: _Graph, a: str, b: str) -> str:
     shape = tuple(max(p, q) for p, q in zip(g.shapes[a], g.shapes[b], strict=True))
-    return g.node("Add", [_pad_to(g, a, shape), _pad_to(g, b, shape)], shape)
+    b = g.layout(b, HWNC if a in g.hwnc else NCHW)
+    return g.same_layout("Add", [_pad_to(g, a, shape), _pad_to(g, b, shape)], shape)
 
 
-def build_resnet_graph(dat_bytes: bytes, mirror: bool = False) -> onnx.ModelProto:
+def build_resnet_graph(
+    dat_bytes: bytes, mirror: bool = False, fast: bool = False
+) -> onnx.ModelProto:
     """Translate `dlib_face_recognition_resnet_model_v1.dat` into an ONNX model.
 
     `mirror`: the model describes each chip and its mirror image and outputs the mean of the
     two (flip averaging) inside the graph, so that on a GPU the mirroring costs no host copy.
+    `fast`: the deep layers by Winograd (`winograd`): faster on a CPU, slower on a GPU, whose
+    own convolutions already are.
     """
     layers = read_layers(dat_bytes, expect_head="loss_metric_2")
     if layers[0].kind != "input_rgb_image_sized":
@@ -161,14 +209,14 @@ def build_resnet_graph(dat_bytes: bytes, mirror: bool = False) -> onnx.ModelProt
         if kind in ("con_4", "con_5"):
             nxt = rest[index + 1] if index + 1 < len(rest) else None
             affine = nxt if nxt is not None and nxt.kind == "affine_" else None
-            x = _conv(g, x, layer, affine)
+            x = _conv(g, x, layer, affine, fast)
             index += 2 if affine is not None else 1
             previous = "affine_" if affine is not None else kind
             continue
         if kind == "affine_":
             raise ModelError("affine layer not preceded by a convolution")
         if kind == "relu_":
-            x = g.node("Relu", [x], g.shapes[x])
+            x = g.same_layout("Relu", [x], g.shapes[x])
             if previous in ("add_prev_", "max_pool_2"):
                 block_input = x
         elif kind == "max_pool_2":
