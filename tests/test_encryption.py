@@ -55,7 +55,7 @@ def face_record(rng: np.random.Generator) -> FaceRecord:
         landmarks=[(3.0, 4.0), (7.0, 4.0), (5.0, 6.0), (4.0, 8.0), (6.0, 8.0)],
         detector_score=0.99,
         quality=0.75,
-        chip_png=png_bytes(rng, 8),
+        chip_image=png_bytes(rng, 8),
         descriptor=v / np.linalg.norm(v),
     )
 
@@ -167,8 +167,8 @@ def test_sealed_at_rest_and_round_trip_exact(tmp_path: Path) -> None:
             assert hashlib.sha256(raw).hexdigest() != sha
         for image, face in enrolled:
             assert store.blobs.get(image.sha256) == image.data
-            assert face.chip_png is not None
-            assert store.blobs.get(hashlib.sha256(face.chip_png).hexdigest()) == face.chip_png
+            assert face.chip_image is not None
+            assert store.blobs.get(hashlib.sha256(face.chip_image).hexdigest()) == face.chip_image
         matrix = store.templates(MODEL)
         assert_same_bits(matrix.vectors, np.stack([f.descriptor for _, f in enrolled]))
         assert len(store.index(MODEL)) == 3
@@ -182,7 +182,7 @@ def test_sealed_at_rest_and_round_trip_exact(tmp_path: Path) -> None:
         assert found_anywhere(data_dir, plain) == []
     for image, face in enrolled:
         assert found_anywhere(data_dir, image.data) == []
-        assert face.chip_png is not None and found_anywhere(data_dir, face.chip_png) == []
+        assert face.chip_image is not None and found_anywhere(data_dir, face.chip_image) == []
 
     with Store.open(data_dir, key=KEY) as store:  # another handle with the same key
         assert_same_bits(

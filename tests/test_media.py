@@ -20,6 +20,7 @@ from PIL import Image
 
 from facetrail.errors import MediaError
 from facetrail.media import IMAGE_SUFFIXES, LoadedImage, load_image
+from facetrail.media.chips import PNG_MAGIC, as_png, chip_bytes, png_bytes
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -653,3 +654,20 @@ def test_damaged_real_encodings_give_an_image_or_a_media_error(
     if cut is not None:
         data = data[: cut % (len(data) + 1)]
     _check_result(bytes(data))
+
+
+# --- stored face chips (media.chips) ---------------------------------------------------------
+
+
+def test_chips_are_stored_lossless_and_served_as_png():
+    rng = np.random.default_rng(7)
+    chip = rng.integers(0, 256, (150, 150, 3), dtype=np.uint8)  # noise: nothing to smooth away
+    stored = chip_bytes(chip)
+    assert stored[:4] == b"RIFF" and stored[8:12] == b"WEBP"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(stored))), chip)
+    png = as_png(stored)
+    assert png.startswith(PNG_MAGIC)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), chip)
+    # A chip stored as PNG by an earlier version is served as it is.
+    old = png_bytes(chip)
+    assert as_png(old) is old

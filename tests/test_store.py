@@ -72,7 +72,7 @@ def make_reference(
             landmarks=[(3.0, 4.0), (7.0, 4.0), (5.0, 6.0), (4.0, 8.0), (6.0, 8.0)],
             detector_score=0.99,
             quality=0.75,
-            chip_png=png_bytes(rng, 8),
+            chip_image=png_bytes(rng, 8),
             descriptor=descriptor(rng, dim),
         )
         for i in range(n_faces)
@@ -211,7 +211,7 @@ def test_add_reference_round_trips_exactly(store: Store) -> None:
     assert img.faces[0].landmarks == tuple(faces[0].landmarks)
     for stored, face in zip(img.faces, faces, strict=True):
         assert stored.chip_sha256 is not None
-        assert store.blobs.get(stored.chip_sha256) == face.chip_png
+        assert store.blobs.get(stored.chip_sha256) == face.chip_image
         assert stored.templates == 1
 
     (summary,) = store.subjects()
@@ -275,7 +275,7 @@ def test_bad_input_is_refused_and_writes_nothing(store: Store) -> None:
             landmarks=f.landmarks,
             detector_score=f.detector_score,
             quality=f.quality,
-            chip_png=f.chip_png,
+            chip_image=f.chip_image,
             descriptor=f.descriptor.astype(np.float64),
         )
         for f in faces2
@@ -420,15 +420,15 @@ def test_erase_removes_every_trace(tmp_path: Path, database_url: str | None) -> 
         gone_vectors = {f.descriptor.tobytes() for f in gone_faces}
         assert not {row.tobytes() for row in matrix.vectors} & gone_vectors
         for face in gone_faces:
-            assert face.chip_png is not None
-            assert not store.blobs.exists(hashlib.sha256(face.chip_png).hexdigest())
+            assert face.chip_image is not None
+            assert not store.blobs.exists(hashlib.sha256(face.chip_image).hexdigest())
 
         def check_no_trace() -> None:
             assert (data_dir / "facetrail.db").is_file() == in_dir
             for face in gone_faces:
                 assert found_anywhere(data_dir, face.descriptor.tobytes()) == []
-                assert face.chip_png is not None
-                assert found_anywhere(data_dir, face.chip_png) == []
+                assert face.chip_image is not None
+                assert found_anywhere(data_dir, face.chip_image) == []
             assert found_anywhere(data_dir, gone_image.data) == []
             assert (found_anywhere(data_dir, kept_faces[0].descriptor.tobytes()) != []) == in_dir
             assert found_anywhere(data_dir, kept_image.data) != []

@@ -33,6 +33,7 @@ from facetrail.errors import (
 )
 from facetrail.evaluation.calibrate import OWN_DATA
 from facetrail.files import write_atomic
+from facetrail.media.chips import as_png
 from facetrail.service import (
     accounts,
     cases,
@@ -530,7 +531,7 @@ class Facetrail(LiveDesk, EvaluationDesk):
             chip = review.face_chip(s, cand)
         if chip is None:
             raise NotFoundError(f"candidate {candidate_id} has no stored face crop")
-        return self.store.blobs.get(chip)
+        return as_png(self.store.blobs.get(chip))
 
     def erase(self, name: str, *, reason: str | None = None) -> ErasureReport:
         """Erase a subject completely; the audit keeps that it happened (ids and counts)."""
@@ -1293,7 +1294,7 @@ class Facetrail(LiveDesk, EvaluationDesk):
             for c in search.candidates:
                 if c.face_sha256 is not None:
                     try:
-                        crops[c.id] = self.store.blobs.get(c.face_sha256)
+                        crops[c.id] = as_png(self.store.blobs.get(c.face_sha256))
                     except (FacetrailError, OSError):
                         continue  # the page says "—"; the JSON still names the crop's hash
         return dataclasses.replace(report, crops=crops)

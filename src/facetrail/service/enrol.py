@@ -9,17 +9,16 @@ and a crash half-way leaves every earlier reference enrolled and nothing half-wr
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from facetrail.errors import InvalidInputError, NoFaceError
 from facetrail.media import IMAGE_SUFFIXES, LoadedImage, load_image
+from facetrail.media.chips import chip_bytes
 from facetrail.service.results import EnrolItemResult, EnrolReport
 from facetrail.store import (
     AddedReference,
@@ -130,13 +129,6 @@ def reference_face(faces: Faces, min_quality: float) -> Faces:
     if face.quality[0] < min_quality:
         raise NoFaceError(f"face quality {face.quality[0]:.2f} below the minimum {min_quality:.2f}")
     return face
-
-
-def png_bytes(chip: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    # Level 1: a third of the default's time for chips a few percent larger.
-    Image.fromarray(chip).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def reason_of(error: Exception) -> str:
@@ -297,13 +289,13 @@ def _face_record(result: Analysed[EnrolItem]) -> FaceRecord:
 
 
 def face_record(face: Faces) -> FaceRecord:
-    """The stored form of the one face of a reference (chip as PNG, unit descriptor)."""
+    """The stored form of the one face of a reference (chip as lossless WebP, unit descriptor)."""
     assert face.descriptors is not None
     return FaceRecord(
         box=tuple(float(v) for v in face.boxes[0]),
         landmarks=[(float(x), float(y)) for x, y in face.landmarks[0]],
         detector_score=float(face.scores[0]),
         quality=float(face.quality[0]),
-        chip_png=png_bytes(face.chips[0]) if face.chips is not None else None,
+        chip_image=chip_bytes(face.chips[0]) if face.chips is not None else None,
         descriptor=normalise(face.descriptors[:1])[0],  # templates are unit vectors
     )

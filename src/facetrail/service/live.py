@@ -32,8 +32,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facetrail.errors import FacetrailError, InvalidInputError, MediaError
+from facetrail.media.chips import png_bytes
 from facetrail.media.video import open_video
-from facetrail.service.enrol import png_bytes
 from facetrail.service.results import Candidate
 from facetrail.service.tables import Alert, Deployment, User
 from facetrail.store.models import utcnow

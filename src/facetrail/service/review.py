@@ -20,10 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facetrail.errors import InvalidInputError, NotFoundError, PolicyError
+from facetrail.media.chips import chip_bytes
 from facetrail.service.access import Caller
 from facetrail.service.cases import check_text, get_case
 from facetrail.service.cohort import CaseFace
-from facetrail.service.enrol import png_bytes
 from facetrail.service.results import SearchReport
 from facetrail.service.search import Evidence
 from facetrail.service.tables import (
@@ -155,7 +155,7 @@ def persist(
                 y2=face.box[3],
                 quality=face.quality,
                 detector_score=face.detector_score,
-                chip_sha256=store.blobs.put(png_bytes(chip)) if chip is not None else None,
+                chip_sha256=store.blobs.put(chip_bytes(chip)) if chip is not None else None,
                 track=face.track,
                 start=face.start,
                 end=face.end,

@@ -37,7 +37,7 @@ class FaceRecord:
     landmarks: list[Point] | tuple[Point, ...]
     detector_score: float
     quality: float
-    chip_png: bytes | None = field(repr=False, compare=False)
+    chip_image: bytes | None = field(repr=False, compare=False)
     descriptor: np.ndarray = field(repr=False, compare=False)
 
 

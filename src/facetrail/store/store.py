@@ -250,7 +250,7 @@ class _PreparedFace:
     landmarks: list[list[float]]
     detector_score: float
     quality: float
-    chip_png: bytes | None
+    chip_image: bytes | None
     vector: np.ndarray  # float32 (dim,)
 
 
@@ -265,9 +265,9 @@ def _prepare_face(face: FaceRecord) -> _PreparedFace:
         if len(point) != 2:
             raise InvalidInputError("a landmark is an (x, y) pair")
         landmarks.append([_finite(point[0], "landmark"), _finite(point[1], "landmark")])
-    chip = face.chip_png
+    chip = face.chip_image
     if chip is not None and not isinstance(chip, bytes | bytearray):
-        raise InvalidInputError("a face chip must be PNG bytes or None")
+        raise InvalidInputError("a face chip must be image bytes or None")
     d = face.descriptor
     if not isinstance(d, np.ndarray) or d.ndim != 1 or d.size == 0:
         raise InvalidInputError("a descriptor must be a non-empty 1-d numpy array")
@@ -280,7 +280,7 @@ def _prepare_face(face: FaceRecord) -> _PreparedFace:
         landmarks=landmarks,
         detector_score=_finite(face.detector_score, "detector score"),
         quality=_finite(face.quality, "quality"),
-        chip_png=bytes(chip) if chip is not None else None,
+        chip_image=bytes(chip) if chip is not None else None,
         vector=d,
     )
 
@@ -712,7 +712,10 @@ class Store:
             for _, req, _, _, _ in fresh:
                 self.blobs.put(bytes(req.image.data), expect=req.image.sha256)
             chips = [
-                [self.blobs.put(p.chip_png) if p.chip_png is not None else None for p in prepared]
+                [
+                    self.blobs.put(p.chip_image) if p.chip_image is not None else None
+                    for p in prepared
+                ]
                 for _, _, prepared, _, _ in fresh
             ]
         except OSError as e:

@@ -48,15 +48,6 @@ MAX_LIMIT = 500
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-IMAGE_TYPES = {
-    ".jpg": "image/jpeg",
-    ".png": "image/png",
-    ".gif": "image/gif",
-    ".bmp": "image/bmp",
-    ".tif": "image/tiff",
-    ".webp": "image/webp",
-    ".avif": "image/avif",
-}
 
 
 class Page(BaseModel):
@@ -166,9 +157,7 @@ def _rebase_manifest(text: str, files: list[UploadFile], saved: list[Path], out:
 
 
 def _image_response(data: bytes) -> Response:
-    found = uploads.sniff(data[:512])
-    media_type = IMAGE_TYPES.get(found[1], "application/octet-stream") if found else None
-    return Response(data, media_type=media_type or "application/octet-stream", headers=NO_STORE)
+    return Response(data, media_type=uploads.image_type(data), headers=NO_STORE)
 
 
 # --------------------------------------------------------------------------- accounts

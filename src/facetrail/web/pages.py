@@ -13,7 +13,6 @@ without it.
 from __future__ import annotations
 
 import contextlib
-import mimetypes
 import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -807,9 +806,7 @@ def subjects_page(request: Request, ft: Session, page: Annotated[int, Query(ge=1
 @router.get("/subjects/{name}/files/{sha256}")
 def subject_file(ft: Session, name: str, sha256: str) -> Response:
     data = ft.subject_file(name, sha256)
-    found = uploads.sniff(data[:512])
-    kind = mimetypes.types_map.get(found[1], "application/octet-stream") if found else None
-    return Response(data, media_type=kind or "application/octet-stream")
+    return Response(data, media_type=uploads.image_type(data))
 
 
 @router.post("/subjects/{name}/renew")

@@ -42,6 +42,16 @@ _SIGNATURES: tuple[tuple[int, bytes, str, str], ...] = (
     (0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "video", ".wmv"),  # ASF
 )
 
+IMAGE_TYPES = {
+    ".jpg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+}
+
 
 def sniff(head: bytes) -> tuple[str, str] | None:
     """(kind, extension) of a file from its first bytes, or None."""
@@ -55,6 +65,12 @@ def sniff(head: bytes) -> tuple[str, str] | None:
         if head[offset : offset + len(magic)] == magic:
             return kind, ext
     return None
+
+
+def image_type(data: bytes) -> str:
+    """The media type of a stored image, from its content, for serving it."""
+    found = sniff(data[:512])
+    return IMAGE_TYPES.get(found[1] if found else "", "application/octet-stream")
 
 
 async def save(
