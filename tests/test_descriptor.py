@@ -375,6 +375,10 @@ def test_mirrored_graph_equals_flip_averaging(resnet, chips, cache_dir):
     assert mirrored.onnx_path != resnet.onnx_path
     np.testing.assert_allclose(mirrored.describe(chips), outside.describe(chips), atol=1e-6)
     assert mirrored.describe(chips[:0]).shape == (0, 128)
+    # A large batch, through the mirrored Winograd graph: the same again.
+    twice = np.concatenate([chips, chips])
+    large = DlibResnet(cache_dir, mirror=True).describe(twice)
+    np.testing.assert_allclose(large, outside.describe(twice), atol=1e-6)
     settings = Settings(data=cache_dir.parent / "data")
     built = build_descriptor(settings)
     assert isinstance(built, DlibResnet) and built.id == outside.id
