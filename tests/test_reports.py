@@ -35,7 +35,6 @@ from facetrail.reports.common import (
 
 FR = "examples/face_recognition"
 CHROMIUM = Path("/usr/bin/chromium")
-TODAY = datetime.now(UTC).date()
 
 
 def cli(team: Team, role: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -128,7 +127,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> World:
                     confirmed=1, false_alerts=0)  # fmt: skip
         _deployment(admin, now - timedelta(days=40), 1, faces_seen=99, alerts=9,
                     confirmed=0, false_alerts=9)  # fmt: skip
-    return World(team, report.search_id, ids, TODAY - timedelta(days=7), TODAY)
+    # The period ends on the day the world was finished, not the day the module was imported:
+    # a run that crosses midnight UTC still has its search inside the period.
+    today = datetime.now(UTC).date()
+    return World(team, report.search_id, ids, today - timedelta(days=7), today)
 
 
 def _chromium() -> Any:
