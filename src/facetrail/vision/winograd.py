@@ -29,8 +29,8 @@ import numpy as np
 
 # Layers with fewer input channels run faster as ONNX Runtime's own convolution.
 WINOGRAD_MIN_CHANNELS = 128
-# Interpolation points (the point at infinity is implied) for each output tile size. The 1/2
-# and -2 instead of the textbook 2 and -2 keep F(4x4, 3x3)'s rounding error 2.5x smaller.
+# Interpolation points (the point at infinity is implied) for each output tile size. For
+# F(4x4, 3x3), 1/2 in place of the textbook 2 keeps the rounding error 2.5x smaller.
 POINTS: dict[int, tuple[float, ...]] = {3: (0, 1, -1, 0.5), 4: (0, 1, -1, 0.5, -2)}
 
 
@@ -52,7 +52,8 @@ def toom_cook(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         at[:, k] = p[k] ** np.arange(m)
         g[k] = p[k] ** np.arange(3) / f
     at[m - 1, a - 1] = g[a - 1, 2] = 1.0
-    # B^T is what makes the identity exact: sum_k A^T[i,k] G[k,j] B^T[k,l] = 1 where l = i + j.
+    # B^T is what makes the identity exact: sum_k A^T[i,k] G[k,j] B^T[k,l] is 1 where
+    # l = i + j and 0 elsewhere.
     q = np.einsum("ik,kj->ijk", at, g).reshape(m * 3, a)
     want = np.zeros((m * 3, a))
     for i in range(m):
